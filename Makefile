@@ -1,0 +1,40 @@
+# Everything a fresh clone needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DATA ?= demo-data
+DEMO_TRIALS ?= 12
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test venv venv-test postgres bench clean
+
+$(BIN)/maskopt: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+venv: $(BIN)/maskopt
+
+$(VENV)/.test-extras: $(BIN)/maskopt
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv-test: $(VENV)/.test-extras
+
+demo: venv
+	$(BIN)/maskopt make-demo-data $(DEMO_DATA)
+	$(BIN)/maskopt search --space spaces/demo.yaml --data $(DEMO_DATA) --trials $(DEMO_TRIALS)
+	$(BIN)/maskopt score exports/demo/submission.csv $(DEMO_DATA)/eval/solution.csv
+
+postgres:
+	scripts/start-postgres
+
+test: venv-test postgres
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) exports maskopt.db maskopt-artifacts .maskopt-cache

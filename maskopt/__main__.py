@@ -1,0 +1,3 @@
+from maskopt.cli import main
+
+main()

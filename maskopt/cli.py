@@ -1,0 +1,70 @@
+"""The ``maskopt`` command line.
+
+Each command lives in ``maskopt/commands/<area>.py`` and is imported only when it is run, so
+``maskopt --help`` answers at once; torch and timm load inside the commands that need them.
+Library errors (``MaskoptError``) become ``Error: <message>`` and exit status 1 here, with no
+traceback, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> (module under maskopt.commands, function name, one-line help)
+COMMANDS = {
+    "make-demo-data": ("data", "make_demo_data", "Write a synthetic dataset in the competition's layout."),
+    "eda": ("data", "eda", "Summarise a dataset before tuning: classes, ages, images, problems."),
+    "search": ("search", "search", "Run (or resume) a pruned k-fold Optuna study from a YAML space."),
+    "export-best": ("export", "export_best", "Retrain the best trial on all data and export it."),
+    "predict": ("export", "predict", "Write a submission from a saved export."),
+    "score": ("export", "score", "Score a submission against a solution file."),
+    "studies": ("storage", "studies", "List the studies in a storage."),
+    "dashboard": ("storage", "dashboard", "Open optuna-dashboard on a storage."),
+    "report": ("report", "report", "Write a self-contained HTML report of a study."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"maskopt.commands.{module}"), attr)
+
+    def invoke(self, ctx):
+        from maskopt.errors import MaskoptError
+
+        try:
+            return super().invoke(ctx)
+        except MaskoptError as e:
+            raise click.ClickException(str(e)) from e
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, short) for name, (_, _, short) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
+@click.version_option(package_name="maskopt")
+def cli():
+    """maskopt: hyperparameter search for image classifiers.
+
+    \b
+    Typical session:
+      maskopt make-demo-data demo-data
+      maskopt search --space spaces/demo.yaml --trials 12
+      maskopt dashboard
+      maskopt export-best
+    """
+
+
+def main():
+    cli(prog_name="maskopt")

@@ -1,0 +1,104 @@
+"""``maskopt export-best``, ``maskopt predict`` and ``maskopt score``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from maskopt.commands.options import storage_option
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+threads_option = click.option("--threads", type=click.IntRange(min=1), envvar="MASKOPT_THREADS",
+                              help="CPU threads  [env: MASKOPT_THREADS; default: every core]")
+cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MASKOPT_CACHE_DIR",
+                            help="Decoded-image cache  [env: MASKOPT_CACHE_DIR; default: ~/.cache/maskopt]")
+
+
+@click.command("export-best")
+@storage_option
+@click.option("--study", "study_name", help="Study name (may be omitted when the storage holds one study).")
+@click.option("--data", type=click.Path(), help="Dataset (default: the path the study was run on).")
+@click.option("--out", type=click.Path(file_okay=False), help="Export folder  [default: exports/<study>]")
+@click.option("--tta", is_flag=True, help="Average predictions with the horizontally flipped image.")
+@click.option("--ensemble-folds", is_flag=True, help="Export the k fold models and average them, instead of retraining.")
+@click.option("--force", is_flag=True, help="Replace an existing export folder.")
+@device_option
+@threads_option
+@cache_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def export_best(storage, study_name, data, out, tta, ensemble_folds, force, device, threads, cache_dir, quiet):
+    """Retrain the best trial on all data and export weights, config and submission.
+
+    \b
+    Example:
+      maskopt export-best --study demo --tta
+    """
+    from maskopt.search.export import export_best as run_export
+
+    result = run_export(storage_url=storage, study_name=study_name, data=data, out=out, tta=tta,
+                        ensemble_folds=ensemble_folds, force=force, device=device, threads=threads, cache_dir=cache_dir,
+                        progress=not quiet)
+    click.echo(echo_export(result))
+
+
+def echo_export(result) -> str:
+    lines = [f"exported trial {result.trial_number} of study {result.study_name!r} "
+             f"(cross-validated macro F1 {result.cv_score:.4f}) to {result.out}/",
+             f"  models: {', '.join(result.models)}"]
+    if result.submission is not None:
+        lines.append(f"  submission: {result.submission}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="An export folder (from export-best).")
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="Competition data folder (predicts eval/), or a class-folder / CSV dataset.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Output CSV  [default: MODEL/predictions.csv]")
+@click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation  [default: as exported]")
+@device_option
+@threads_option
+@cache_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def predict(model_dir, data, out, tta, device, threads, cache_dir, quiet):
+    """Write predictions of a saved export for a dataset.
+
+    \b
+    Example:
+      maskopt predict --model exports/demo --data demo-data --out submission.csv
+    """
+    from maskopt.search.export import predict as run_predict
+
+    path = run_predict(model_dir=model_dir, data=data, out=out, device=device, threads=threads, tta=tta, cache_dir=cache_dir,
+                       progress=not quiet)
+    click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("submission", type=click.Path(dir_okay=False))
+@click.argument("solution", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def score(submission, solution, as_json):
+    """Score a submission (ImageID,ans) against a solution file.
+
+    Prints macro F1 (the competition metric), accuracy, per-task F1 and the confusion matrix.
+
+    \b
+    Example:
+      maskopt score exports/demo/submission.csv demo-data/eval/solution.csv
+    """
+    from maskopt.search.export import score_submission
+
+    result = score_submission(submission, solution)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    tasks = "  ".join(f"{k} {v:.4f}" for k, v in result.task_f1.items())
+    click.echo(f"macro F1 {result.macro_f1:.4f}   accuracy {result.accuracy:.4f}   ({result.count} images)")
+    click.echo(f"per-task F1: {tasks}")
+    click.echo("confusion matrix (rows: true class 0..17, columns: predicted):")
+    click.echo("     " + "".join(f"{j:>4}" for j in range(len(result.confusion))))
+    for i, row in enumerate(result.confusion):
+        click.echo(f"{i:>4} " + "".join(f"{v:>4}" if v else "   ." for v in row))

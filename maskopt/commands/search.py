@@ -1,0 +1,81 @@
+"""``maskopt search``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from maskopt.commands.options import storage_option
+
+
+@click.command()
+@click.option("--space", "space_path", required=True, type=click.Path(dir_okay=False),
+              help="Search-space YAML file (see spaces/).")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="The study's total number of trials, across all runs and workers.")
+@click.option("--data", type=click.Path(), help="Dataset folder or CSV file (default: the space's study.data).")
+@storage_option
+@click.option("--study", "study_name", help="Study name (default: the space's study.name).")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Stop starting new trials after SECONDS.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, help="Seed (default: the space's study.seed).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MASKOPT_CACHE_DIR",
+              help="Decoded-image cache  [env: MASKOPT_CACHE_DIR; default: ~/.cache/maskopt]")
+@click.option("--threads", type=click.IntRange(min=1), envvar="MASKOPT_THREADS",
+              help="CPU threads for training  [env: MASKOPT_THREADS; default: every core]")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Seconds between worker heartbeats; a silent worker's trial is re-run.")
+@click.option("--no-export", is_flag=True,
+              help="Do not retrain and export the best trial when the total is reached.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+def search(space_path, trials, data, storage, study_name, timeout, device, seed, cache_dir, threads,
+           heartbeat_interval, no_export, quiet):
+    """Run (or resume) a pruned, person-grouped k-fold study from a YAML space.
+
+    The study lives in the storage (a SQLite file maskopt.db here by default); running the
+    same command again continues it up to --trials in total. When the total is reached, the
+    best trial is retrained on all data and exported to exports/<study>/ (replacing an older
+    export there), unless --no-export.
+
+    \b
+    Example:
+      maskopt search --space spaces/demo.yaml --data demo-data --trials 12
+    """
+    from maskopt.search.runner import SearchInterrupted, run_search
+    from maskopt.search.space import load_space
+
+    space = load_space(space_path)
+    log = (lambda line: None) if quiet else click.echo
+    try:
+        result = run_search(space, n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed,
+                            timeout=timeout, device=device, cache_dir=cache_dir, threads=threads,
+                            heartbeat_interval=heartbeat_interval, show_progress=not quiet, log=log)
+    except SearchInterrupted as e:
+        click.echo(f"\n{e}", err=True)
+        sys.exit(130)
+    click.echo(summarise(result))
+    if no_export or not result.reached_total or result.best is None:
+        return
+    from maskopt.commands.export import echo_export
+    from maskopt.search.export import export_best
+
+    click.echo(f"\nretraining trial {result.best.number} on all data and exporting it")
+    exported = export_best(storage_url=storage, study_name=result.study_name, data=data, force=True, device=device, threads=threads,
+                           cache_dir=cache_dir, progress=not quiet)
+    click.echo(echo_export(exported))
+
+
+def summarise(result) -> str:
+    """The end-of-search summary: top trials and where the study lives, at 80 columns."""
+    lines = [f"\nstudy {result.study_name!r}: {result.counted_trials}/{result.total} trials in {result.storage_url}"]
+    if not result.top:
+        lines.append("no complete trial yet")
+        return "\n".join(lines)
+    lines.append(f"{'rank':>4} {'trial':>5} {'macro F1':>8}  {'folds':<20} params")
+    for rank, t in enumerate(result.top, 1):
+        folds = " ".join(f"{f:.3f}" for f in t.fold_f1)
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        lines.append(f"{rank:>4} {t.number:>5} {t.value:>8.4f}  {folds:<20} {params}")
+    lines.append(f"open the dashboard: maskopt dashboard --storage '{result.storage_url}'")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""``maskopt studies`` and ``maskopt dashboard``: look into a study storage."""
+
+from __future__ import annotations
+
+import click
+
+_WIDTH = 80
+# Copies of maskopt.storage's DEFAULT_STORAGE_URL and DEFAULT_ARTIFACT_DIR: importing it here
+# would load optuna for every `maskopt --help`. A test checks they agree.
+_DEFAULT_STORAGE_URL = "sqlite:///maskopt.db"
+_DEFAULT_ARTIFACT_DIR = "maskopt-artifacts"
+
+_storage_option = click.option(
+    "--storage",
+    "storage_url",
+    envvar="MASKOPT_STORAGE",
+    show_envvar=True,
+    metavar="URL",
+    help=f"Study storage, a SQLAlchemy URL (default: {_DEFAULT_STORAGE_URL} in this folder).",
+)
+
+
+@click.command()
+@_storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def studies(storage_url, as_json):
+    """List the studies in a storage, with trial counts and best values.
+
+    \b
+    Examples:
+      maskopt studies
+      maskopt studies --storage postgresql://me:PASSWORD@db-host/maskopt --json
+    """
+    import json
+
+    from maskopt.storage import list_studies, open_storage, redact, resolve_url
+
+    storage = open_storage(storage_url, heartbeat_interval=None, create=False)
+    summaries = list_studies(storage)
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
+        return
+    url = redact(resolve_url(storage_url))
+    if not summaries:
+        click.echo(f"No studies in {url}. Create one with `maskopt search`.")
+        return
+    click.echo(f"{len(summaries)} {'study' if len(summaries) == 1 else 'studies'} in {url}")
+    click.echo(_table(summaries))
+
+
+def _table(summaries) -> str:
+    """Rows that fit in 80 columns; names too long for the room left are cut."""
+    headers = ("DIR", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "BEST")
+    rows = [
+        (
+            _short_direction(s.direction),
+            str(s.n_complete),
+            str(s.n_pruned),
+            str(s.n_fail),
+            str(s.n_running),
+            "-" if s.best_value is None else f"{s.best_value:.6g}",
+        )
+        for s in summaries
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    room = _WIDTH - sum(w + 2 for w in widths)
+    name_width = min(room, max(4, *(len(s.name) for s in summaries)))
+    names = [_cut(s.name, name_width) for s in summaries]
+
+    def line(name, cells):
+        return "  ".join([name.ljust(name_width), *(c.rjust(w) for c, w in zip(cells, widths))])
+
+    lines = [line("NAME", headers), *(line(n, r) for n, r in zip(names, rows))]
+    if any(len(s.name) > name_width for s in summaries):
+        lines.append("(long names are cut; --json shows them whole)")
+    return "\n".join(lines)
+
+
+def _short_direction(direction: str) -> str:
+    return ",".join(d[:3] for d in direction.split(","))
+
+
+def _cut(name: str, width: int) -> str:
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+@click.command()
+@_storage_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port."
+)
+@click.option(
+    "--artifacts",
+    "artifact_dir",
+    default=_DEFAULT_ARTIFACT_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder of the trials' artifacts (plots, files).",
+)
+def dashboard(storage_url, host, port, artifact_dir):
+    """Serve optuna-dashboard on a storage: history, importances, trials, artifacts.
+
+    It has no authentication, so it listens on this machine only (127.0.0.1) unless --host
+    says otherwise. From another machine, forward the port instead:
+    ssh -L 8080:127.0.0.1:8080 HOST. With SQLite, a dashboard reading the file while several
+    workers write it slows them down; PostgreSQL suits watching a busy search.
+
+    \b
+    Examples:
+      maskopt dashboard
+      maskopt dashboard --storage postgresql://me:PASSWORD@db-host/maskopt --port 8081
+    """
+    import ipaddress
+
+    from optuna_dashboard import run_server
+
+    from maskopt.storage import artifact_store, open_storage, redact, resolve_url
+
+    storage = open_storage(storage_url, heartbeat_interval=None, create=False)
+    store = artifact_store(artifact_dir)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = redact(resolve_url(storage_url))
+    click.echo(f"optuna-dashboard: http://{shown_host}:{port}/  (storage {url}; Ctrl-C stops it)")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    if not loopback:
+        click.echo(
+            f"Warning: listening on {host}, not loopback. The dashboard has no authentication: "
+            "anyone who can reach this port can read and change the studies.",
+            err=True,
+        )
+    try:
+        run_server(storage, host=host, port=port, artifact_store=store)
+    except OSError as e:
+        raise click.ClickException(
+            f"Cannot listen on {host}:{port} ({e.strerror or e}). Choose another --port, or stop "
+            "what uses it."
+        ) from e

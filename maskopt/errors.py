@@ -1,0 +1,25 @@
+"""The one exception hierarchy of maskopt.
+
+Library code raises these; the CLI turns them into a clean message and a non-zero exit,
+without a traceback. Messages say what is wrong, where (file, key, row, value), and what to do.
+"""
+
+
+class MaskoptError(Exception):
+    """Base class of every error maskopt reports to a user."""
+
+
+class DataError(MaskoptError):
+    """A dataset is missing, malformed, or holds unreadable images."""
+
+
+class SpaceError(MaskoptError):
+    """A search-space YAML file is invalid."""
+
+
+class StorageError(MaskoptError):
+    """A study storage cannot be reached or used."""
+
+
+class ExportError(MaskoptError):
+    """A study cannot be exported, or an export or submission is invalid."""

@@ -1,0 +1,139 @@
+"""``maskopt eda``: what a person reads about a dataset before tuning on it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskopt.search import labels as L
+from maskopt.search.dataset import ImageDataset
+
+AGE_BINS = (18, 20, 25, 30, 35, 40, 45, 50, 55, 58, 60, 61)
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    root: str
+    layout: str
+    groups: int
+    images: int
+    class_names: list[str]
+    class_counts: list[int]
+    task_counts: dict[str, dict[str, int]]  # competition: mask / gender / age counts
+    imbalance_ratio: float  # largest class / smallest non-empty class
+    age_histogram: dict[str, int]  # persons per age bin (competition)
+    image_sizes: dict[str, int]  # "WxH" -> images
+    extensions: dict[str, int]
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
+    """Counts, imbalance, ages, image sizes and extensions of a dataset, with its reading notes.
+
+    Load it with ``exclude_broken=True`` so that problems show up in the notes instead of failing.
+    """
+    from PIL import Image
+
+    counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
+    nonzero = counts[counts > 0]
+    sizes: Counter = Counter()
+    for path in dataset.paths:
+        try:
+            with Image.open(path) as img:  # reads the header only
+                sizes[f"{img.width}x{img.height}"] += 1
+        except OSError:
+            sizes["unreadable"] += 1
+    return DatasetSummary(
+        root=str(dataset.root),
+        layout=dataset.layout,
+        groups=len(set(dataset.groups)),
+        images=len(dataset),
+        class_names=list(dataset.class_names),
+        class_counts=counts.tolist(),
+        task_counts=_task_counts(dataset),
+        imbalance_ratio=round(float(nonzero.max() / nonzero.min()), 2) if len(nonzero) else 0.0,
+        age_histogram=_age_histogram(dataset),
+        image_sizes=dict(sizes.most_common()),
+        extensions=dict(Counter(p.suffix.lower() for p in dataset.paths).most_common()),
+        notes=list(dataset.notes),
+    )
+
+
+def _task_counts(dataset: ImageDataset) -> dict[str, dict[str, int]]:
+    if not dataset.is_competition:
+        return {}
+    parts = L.decode(dataset.labels)
+    return {task: {name: int(np.sum(part == i)) for i, name in enumerate(names)}
+            for task, part, names in zip(("mask", "gender", "age"), parts, (L.MASK_NAMES, L.GENDER_NAMES, L.AGE_NAMES))}
+
+
+def _person_ages(dataset: ImageDataset) -> np.ndarray:
+    _, first = np.unique(dataset.groups, return_index=True)
+    return dataset.ages[first]
+
+
+def _age_histogram(dataset: ImageDataset) -> dict[str, int]:
+    if not dataset.is_competition:
+        return {}
+    counts, _ = np.histogram(_person_ages(dataset), bins=AGE_BINS)
+    return {f"{lo}-{hi - 1}": int(c) for lo, hi, c in zip(AGE_BINS[:-1], AGE_BINS[1:], counts)}
+
+
+def write_eda_files(summary: DatasetSummary, dataset: ImageDataset, out: str | Path, *, samples_per_class: int = 4,
+                    seed: int = 0) -> list[Path]:
+    """Write ``summary.json`` and PNG plots (class counts, age histogram, sample grid) to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "summary.json"]
+    written[0].write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar(range(len(summary.class_counts)), summary.class_counts, color="#4C72B0")
+    ax.set_xticks(range(len(summary.class_names)), summary.class_names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("images")
+    ax.set_title(f"images per class (imbalance ratio {summary.imbalance_ratio})")
+    fig.tight_layout()
+    written.append(out / "class_counts.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    if summary.age_histogram:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.bar(list(summary.age_histogram), list(summary.age_histogram.values()), color="#55A868")
+        ax.set_ylabel("persons")
+        ax.set_title("persons by age")
+        fig.tight_layout()
+        written.append(out / "age_histogram.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+
+    rng = np.random.default_rng(seed)
+    n = len(dataset.class_names)
+    fig, axes = plt.subplots(n, samples_per_class, figsize=(samples_per_class * 1.3, n * 1.3), squeeze=False)
+    for c, row in enumerate(axes):
+        members = np.flatnonzero(dataset.labels == c)
+        picks = rng.choice(members, size=min(len(members), samples_per_class), replace=False) if len(members) else []
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            if j < len(picks):
+                with Image.open(dataset.paths[picks[j]]) as img:
+                    ax.imshow(img.convert("RGB"))
+        row[0].set_title(dataset.class_names[c], fontsize=6, loc="left")
+    fig.tight_layout()
+    written.append(out / "samples.png")
+    fig.savefig(written[-1], dpi=80)
+    plt.close(fig)
+    return written

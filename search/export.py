@@ -1,0 +1,409 @@
+"""Retraining the best trial, exporting it, predicting with an export, scoring a submission.
+
+An export folder holds everything needed to predict on any machine, with no access to the study:
+``model.safetensors`` (or ``fold<k>.safetensors`` for a fold ensemble: weights that load without
+executing code), ``config.json`` (how to rebuild and feed the model, where it came from) and, for
+the competition layout, ``submission.csv``. Files are written into a temporary folder that is
+renamed into place at the end, so a failed export never leaves a half-written folder.
+
+Retraining rule: the best trial's parameters, on every training person with no hold-out, for the
+mean over its folds of the epoch with the best validation F1 (rounded, at least 1), since that is
+how long the model took to peak when it had slightly less data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskopt.errors import DataError, ExportError
+from maskopt.search import labels as L
+
+CONFIG_FILE = "config.json"
+SUBMISSION_FILE = "submission.csv"
+EXPORT_ATTR = "maskopt_export"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    study_name: str
+    trial_number: int
+    cv_score: float
+    epochs: int
+    models: tuple[str, ...]
+    submission: Path | None
+
+
+def export_best(
+    *,
+    storage_url: str | None,
+    study_name: str | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    tta: bool = False,
+    ensemble_folds: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ExportResult:
+    """Retrain the study's best complete trial and export it.
+
+    Args:
+        storage_url: The study storage (None: ``maskopt.db`` here).
+        study_name: The study; may be omitted when the storage holds one study.
+        data: Dataset path (default: the one the study was run on).
+        out: Export folder (default ``exports/<study>``).
+        tta: Average predictions with the horizontally flipped image.
+        ensemble_folds: Train the k fold models of the best trial on their folds and average
+            their probabilities, instead of one model on all data.
+        force: Replace an existing export folder.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch (default: every core).
+        cache_dir: Decoded-image cache folder.
+        progress: Show progress bars.
+
+    Raises:
+        ExportError: No such study, no complete trial, or the folder exists without ``force``.
+    """
+    import torch
+
+    from maskopt.search.data import prepare_data
+    from maskopt.search.dataset import load_dataset
+    from maskopt.search.objective import fold_seed, release_memory
+    from maskopt.search.runner import SPACE_ATTR, setup_torch, top_trials
+    from maskopt.search.space import parse_space
+    from maskopt.search.training import mean_std, train_fold, train_full
+    from maskopt.storage import load_existing_study, open_storage
+
+    storage = open_storage(storage_url, heartbeat_interval=None)
+    study = load_existing_study(storage=storage, study_name=study_name)
+    if SPACE_ATTR not in study.user_attrs:
+        raise ExportError(f"study {study.study_name!r} was not made by maskopt search (it has no stored search space)")
+    best = top_trials(study, 1)
+    if not best:
+        states = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in states.items()) or "no trials"
+        raise ExportError(f"study {study.study_name!r} has no complete trial to export ({counts}); "
+                          f"run more trials with maskopt search")
+    best = best[0]
+    out = Path(out) if out is not None else Path("exports") / study.study_name
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it, or --out another folder")
+
+    space = parse_space(study.user_attrs[SPACE_ATTR], source=f"study {study.study_name!r}", check_names=False)
+    settings = space.study
+    data_path = data if data is not None else settings.data
+    if data_path is None:
+        raise ExportError("the study records no dataset path; pass --data")
+    dataset = load_dataset(data_path, layout=settings.layout, corrections=settings.corrections,
+                           exclude_broken=settings.exclude_broken)
+    space, _ = space.for_layout(dataset.layout)
+    params = space.params_from(best.params)
+    eval_set = _eval_set(Path(data_path), dataset.layout)  # checked before hours of retraining
+    prepared = prepare_data(dataset, image_sizes=[params.image_size], cache_dir=cache_dir,
+                            exclude_broken=settings.exclude_broken, progress=progress)
+    dataset = prepared.dataset
+    torch_device = setup_torch(device, threads)
+    images = prepared.images(params.image_size, torch_device)
+    train_labels = dataset.training_labels(params.age_old)
+    best_epochs = best.user_attrs.get("best_epoch") or [settings.epochs]
+    epochs = max(1, int(round(float(np.mean(best_epochs)))))
+
+    from tqdm.auto import tqdm
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        models = []
+        if ensemble_folds:
+            folds = prepared.folds(n_folds=settings.folds, seed=settings.seed)
+            for k, (train_idx, _) in enumerate(folds):
+                from maskopt.search.training import TrainingData
+
+                fold_epochs = best_epochs[k] if k < len(best_epochs) else epochs
+                fold_data = TrainingData(images, train_idx, train_labels[train_idx], train_idx[:0], train_labels[:0])
+                with tqdm(total=fold_epochs, desc=f"fold {k + 1} model", unit="ep", disable=not progress) as bar:
+                    _, model = train_fold(params, fold_data, settings=_with_epochs(settings, fold_epochs),
+                                          num_classes=dataset.num_classes, device=torch_device,
+                                          seed=fold_seed(settings.seed, best.number, k), progress=bar)
+                models.append((f"fold{k}.safetensors", model))
+        else:
+            with tqdm(total=epochs, desc="retraining on all data", unit="ep", disable=not progress) as bar:
+                model = train_full(params, images, train_labels, settings=settings, epochs=epochs,
+                                   num_classes=dataset.num_classes, device=torch_device,
+                                   seed=fold_seed(settings.seed, best.number, settings.folds), progress=bar)
+            models.append(("model.safetensors", model))
+
+        from safetensors.torch import save_model
+
+        for name, model in models:
+            save_model(model.cpu(), str(tmp / name))
+        mean, std = mean_std(models[0][1])
+        config = {
+            "format": "maskopt-export/1",
+            "backbone": params.backbone,
+            "head": params.head,
+            "num_classes": dataset.num_classes,
+            "class_names": list(dataset.class_names),
+            "layout": dataset.layout,
+            "image_size": params.image_size,
+            "mean": list(mean),
+            "std": list(std),
+            "age_old_training": params.age_old,
+            "age_old_official": L.OFFICIAL_AGE_OLD,
+            "models": [name for name, _ in models],
+            "tta": tta,
+            "study": study.study_name,
+            "trial": best.number,
+            "params": params.as_dict(),
+            "cv_macro_f1": best.value,
+            "fold_macro_f1": best.user_attrs.get("fold_f1"),
+            "epochs": epochs if not ensemble_folds else best_epochs,
+            "dataset_fingerprint": dataset.fingerprint(),
+            "versions": _versions(),
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        del models, model
+        release_memory(torch_device)
+        submission = None
+        if eval_set is not None:
+            ids, paths = eval_set
+            predictions = predict_images(tmp, paths, device=torch_device, tta=tta, cache_dir=cache_dir, progress=progress)
+            write_submission(tmp / SUBMISSION_FILE, ids, predictions, header=("ImageID", "ans"))
+            submission = out / SUBMISSION_FILE
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _record_export(study, best, out, storage, config)
+    return ExportResult(out, study.study_name, best.number, best.value, epochs, tuple(config["models"]), submission)
+
+
+def _with_epochs(settings, epochs: int):
+    import dataclasses
+
+    return dataclasses.replace(settings, epochs=epochs)
+
+
+def _eval_set(data_path: Path, layout: str):
+    """Competition eval ids and paths, or None for layouts without an eval folder."""
+    from maskopt.search.dataset import load_eval
+
+    if layout != "competition":
+        return None
+    eval_set = load_eval(data_path)
+    return eval_set.image_ids, eval_set.paths
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished export into place; an older export is removed only after that."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _record_export(study, best, out: Path, storage, config: dict) -> None:
+    """Note the export on the trial and the study, so optuna-dashboard shows it."""
+    import optuna
+    from optuna_dashboard import save_note
+
+    record = {"trial": best.number, "path": str(out.resolve()), "cv_macro_f1": best.value,
+              "models": config["models"], "tta": config["tta"]}
+    study.set_user_attr(EXPORT_ATTR, record)
+    # A finished trial's attributes are read-only; dashboard notes live in study attributes.
+    save_note(optuna.Trial(study, best._trial_id),
+              f"## Exported\n\nThis trial was retrained and exported to `{record['path']}` "
+              f"(models: {', '.join(config['models'])}; TTA: {config['tta']}).\n")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("maskopt", "timm", "torch", "optuna")}
+
+
+# --- prediction ---------------------------------------------------------------------------------
+
+
+def load_export(model_dir: str | Path, device) -> tuple[dict, list]:
+    """The config and models of an export folder (weights loaded without executing code)."""
+    from safetensors.torch import load_model
+
+    from maskopt.search.models import build_model
+
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ExportError(f"{model_dir} is not a maskopt export: {CONFIG_FILE} is missing")
+    config = json.loads(config_path.read_text())
+    models = []
+    for name in config["models"]:
+        model = build_model(config["backbone"], num_classes=config["num_classes"], head=config["head"])
+        load_model(model, str(model_dir / name))
+        models.append(model.to(device).eval())
+    return config, models
+
+
+def predict_images(model_dir: str | Path, paths, *, device, tta: bool | None = None,
+                   cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
+    """Class index per image, averaging the export's models (and the flipped image with TTA)."""
+    import torch
+
+    from maskopt.search.cache import load_images
+    from maskopt.search.dataset import format_problems
+    from maskopt.search.training import predict_rows
+
+    config, models = load_export(model_dir, device)
+    tta = config["tta"] if tta is None else tta
+    cache = load_images(paths, image_size=config["image_size"], cache_dir=cache_dir, progress=progress)
+    if cache.bad:
+        listed = [f"{paths[i]}: {reason}" for i, reason in sorted(cache.bad.items())]
+        raise DataError(format_problems(f"{len(listed)} image(s) to predict cannot be read", listed))
+    images = torch.from_numpy(np.array(cache.images))  # a writable copy of the read-only memory map
+    mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1)
+    rows = np.arange(len(paths))
+    probs = sum(predict_rows(m, images, rows, device, mean, std, batch_size=64, flip=tta) for m in models)
+    return probs.argmax(1).numpy()
+
+
+def predict(*, model_dir: str | Path, data: str | Path, out: str | Path | None = None, device: str = "auto",
+            threads: int | None = None, tta: bool | None = None, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Write predictions of an export for a dataset.
+
+    For the competition layout: ``ImageID,ans`` for every row of ``eval/info.csv``, in order.
+    For a class-folder or CSV dataset: ``path,label`` for each of its images, with class names.
+
+    Returns:
+        The file written (default ``<model_dir>/predictions.csv``).
+    """
+    from maskopt.search.dataset import detect_layout, load_dataset
+    from maskopt.search.runner import setup_torch
+
+    data = Path(data)
+    torch_device = setup_torch(device, threads)
+    config = json.loads((Path(model_dir) / CONFIG_FILE).read_text()) if (Path(model_dir) / CONFIG_FILE).is_file() else None
+    if config is None:
+        raise ExportError(f"{model_dir} is not a maskopt export: {CONFIG_FILE} is missing")
+    out = Path(out) if out is not None else Path(model_dir) / "predictions.csv"
+    if detect_layout(data) == "competition":
+        ids, paths = _eval_set(data, "competition")
+        predictions = predict_images(model_dir, paths, device=torch_device, tta=tta, cache_dir=cache_dir, progress=progress)
+        write_submission(out, ids, predictions, header=("ImageID", "ans"))
+    else:
+        dataset = load_dataset(data)
+        predictions = predict_images(model_dir, dataset.paths, device=torch_device, tta=tta, cache_dir=cache_dir,
+                                     progress=progress)
+        base = dataset.root if dataset.root.is_dir() else dataset.root.parent
+        ids = [p.relative_to(base).as_posix() for p in dataset.paths]
+        names = [config["class_names"][i] for i in predictions]
+        write_submission(out, ids, names, header=("path", "label"))
+    return out
+
+
+def write_submission(path: Path, ids, values, *, header: tuple[str, str]) -> None:
+    """Write a two-column CSV atomically (a temporary file renamed over the target)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(zip(ids, (int(v) if isinstance(v, (int, np.integer)) else v for v in values)))
+    os.replace(tmp, path)
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    """Scores of a submission against a solution.
+
+    Attributes:
+        macro_f1: Mean of the per-class F1 over the classes in truth or prediction (the
+            competition metric, scikit-learn's f1_score with average="macro").
+        accuracy: Fraction of exact matches.
+        task_f1: Macro F1 of each task: mask (3 classes), gender (2), age (3).
+        confusion: 18x18 counts, rows true class, columns predicted.
+        count: Rows scored.
+    """
+
+    macro_f1: float
+    accuracy: float
+    task_f1: dict[str, float]
+    confusion: list[list[int]]
+    count: int
+
+    def to_dict(self) -> dict:
+        return {"macro_f1": self.macro_f1, "accuracy": self.accuracy, "task_f1": self.task_f1,
+                "count": self.count, "confusion": self.confusion}
+
+
+def score_submission(submission: str | Path, solution: str | Path) -> Score:
+    """Score a competition submission (``ImageID,ans``) against a solution file.
+
+    Raises:
+        ExportError: Missing files, wrong headers, values outside 0..17, or ids that differ
+            from the solution's (in count or order).
+    """
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from maskopt.search.training import macro_f1
+
+    sub_ids, predicted = _read_answers(Path(submission))
+    sol_ids, truth = _read_answers(Path(solution))
+    if len(sub_ids) != len(sol_ids):
+        raise ExportError(f"{submission} has {len(sub_ids)} rows but {solution} has {len(sol_ids)}; "
+                          f"a submission needs one row per eval image, in info.csv order")
+    for line, (a, b) in enumerate(zip(sub_ids, sol_ids), start=2):
+        if a != b:
+            raise ExportError(f"{submission}, line {line}: ImageID {a!r} where {solution} has {b!r}; "
+                              f"keep the rows in info.csv order")
+    y_true, y_pred = np.asarray(truth), np.asarray(predicted)
+    parts_true, parts_pred = L.decode(y_true), L.decode(y_pred)
+    task_f1 = {task: float(f1_score(t, p, average="macro", zero_division=0))
+               for task, t, p in zip(("mask", "gender", "age"), parts_true, parts_pred)}
+    return Score(
+        macro_f1=macro_f1(y_true, y_pred),
+        accuracy=float(np.mean(y_true == y_pred)),
+        task_f1=task_f1,
+        confusion=confusion_matrix(y_true, y_pred, labels=list(range(L.NUM_CLASSES))).tolist(),
+        count=len(y_true),
+    )
+
+
+def _read_answers(path: Path) -> tuple[list[str], list[int]]:
+    if not path.is_file():
+        raise ExportError(f"{path} is missing")
+    ids, answers = [], []
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["ImageID", "ans"]:
+            raise ExportError(f"{path}: header must be 'ImageID,ans', got {','.join(header or []) or '(empty file)'}")
+        for line, row in enumerate(reader, start=2):
+            if len(row) < 2:
+                raise ExportError(f"{path}, line {line}: expected 'ImageID,ans', got {','.join(row)!r}")
+            value = row[1].strip()
+            if not value.isdigit() or int(value) >= L.NUM_CLASSES:
+                raise ExportError(f"{path}, line {line}: ans {value!r} is not a class 0..{L.NUM_CLASSES - 1}")
+            ids.append(row[0].strip())
+            answers.append(int(value))
+    return ids, answers

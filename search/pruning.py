@@ -1,0 +1,72 @@
+"""Samplers, pruners, and the step scheme that lets pruning act inside and across folds.
+
+Step scheme (``epoch`` reporting, used by every pruner but Wilcoxon): a trial with F folds of E
+epochs reports after every epoch, at step ``fold * E + epoch``, the mean over the folds started so
+far of each fold's best macro F1 up to that point. All trials pass through the same steps in the
+same order, so Median, Percentile, Successive Halving and Hyperband compare like with like: inside
+the first fold they compare epoch curves, and at step ``E`` (first epoch of the second fold) a
+trial that is clearly behind after its first fold stops before training the others.
+
+Wilcoxon (``fold`` reporting) is built for k-fold evaluations: it reports each finished fold's
+score at step ``fold`` and compares a trial's folds with the best trial's folds pairwise. Optuna
+recommends that a trial it stops returns the mean so far rather than raising, so that the sampler
+still learns from it; such trials are COMPLETE with ``pruned_after_folds`` set, and never exported.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from maskopt.search.space import Component, StudySettings
+
+
+def sampler_class(name: str) -> type:
+    return {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+    }[name]
+
+
+def pruner_class(name: str) -> type:
+    return {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+        "none": optuna.pruners.NopPruner,
+    }[name]
+
+
+def build_sampler(component: Component, *, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler, seeded from the study so the same space and seed give the same trials.
+
+    Optuna 5's TPE defaults (multivariate, constant liar) already suit parallel workers:
+    a running trial counts as a bad result, so workers do not all sample the same point.
+    """
+    return sampler_class(component.name)(seed=seed, **component.kwargs())
+
+
+def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
+    """The pruner with defaults fitted to the step scheme above; the space's options win.
+
+    Pruner state is not stored, so every worker builds the same pruner from the same space.
+    """
+    total_steps = settings.folds * settings.epochs
+    defaults = {
+        "median": {"n_startup_trials": 3, "n_warmup_steps": 1},
+        "percentile": {"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 1},
+        "hyperband": {"min_resource": 1, "max_resource": total_steps, "reduction_factor": 3},
+        "successive_halving": {"min_resource": 1, "reduction_factor": 3},
+        "wilcoxon": {"p_threshold": 0.1},
+        "none": {},
+    }[settings.pruner.name]
+    return pruner_class(settings.pruner.name)(**{**defaults, **settings.pruner.kwargs()})
+
+
+def reports_per_fold(settings: StudySettings) -> bool:
+    """True for pruners that compare whole folds (Wilcoxon) instead of epochs."""
+    return settings.pruner.name == "wilcoxon"

@@ -1,0 +1,281 @@
+"""Running a study: from a validated space to finished trials in the storage.
+
+Flow: space -> dataset (checked, decoded once) -> storage and study -> trials until the study's
+total is reached -> summary. Everything that can be wrong with the space or the data is found
+before the storage is touched, so an invalid run writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from maskopt.errors import MaskoptError, SpaceError
+
+SPACE_ATTR = "maskopt_space"
+OBJECTIVE_NAME = "macro F1"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SearchInterrupted(MaskoptError):
+    """Ctrl-C or SIGTERM stopped the search; the running trial was marked FAIL."""
+
+
+@dataclass(frozen=True)
+class TopTrial:
+    number: int
+    value: float
+    fold_f1: tuple[float, ...]
+    params: dict
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    storage_url: str  # with the password redacted
+    counted_trials: int
+    total: int
+    top: tuple[TopTrial, ...]  # best complete trials, best first
+    notes: tuple[str, ...]
+
+    @property
+    def best(self) -> TopTrial | None:
+        return self.top[0] if self.top else None
+
+    @property
+    def reached_total(self) -> bool:
+        return self.counted_trials >= self.total
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count towards the study's total.
+
+    Finished, running and waiting trials count, and so do trials that failed on their own
+    (out of memory twice, a bug: ``fail_reason`` is set). A trial left FAIL by a killed or
+    interrupted worker does not: it is re-run (by the heartbeat retry, or by the next run).
+    """
+    count = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING):
+            count += 1
+        elif t.state == TrialState.FAIL and "fail_reason" in t.user_attrs:
+            count += 1
+    return count
+
+
+def setup_torch(device: str, threads: int | None = None):
+    """The torch device for ``auto``, ``cpu`` or ``cuda``, with threads and cuDNN set up.
+
+    ``threads`` defaults to every core. Give each of several processes on one machine its
+    share: oversubscribed threads spin-wait and run many times slower.
+    """
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MaskoptError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed image sizes: let cuDNN pick the fastest kernels
+    return torch.device(device)
+
+
+def run_search(
+    space,
+    *,
+    n_trials: int,
+    storage_url: str | None = None,
+    data: str | Path | None = None,
+    study_name: str | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    threads: int | None = None,
+    heartbeat_interval: int | None = 30,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Create or resume the study of ``space`` and run trials until it holds ``n_trials``.
+
+    Args:
+        space: A ``SearchSpace`` (see ``load_space``).
+        n_trials: The study's total across all runs and workers; a rerun continues to it.
+        storage_url: SQLAlchemy URL; None means the SQLite file ``maskopt.db`` here.
+        data: Dataset path, overriding the space's ``study.data``.
+        study_name: Overrides the space's ``study.name``.
+        seed: Overrides the space's ``study.seed``.
+        timeout: Stop starting trials after this many seconds.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        cache_dir: Decoded-image cache folder.
+        threads: CPU threads for torch (default: every core; see ``setup_torch``).
+        heartbeat_interval: Seconds between worker heartbeats (None: off); a trial whose worker
+            stops beating is marked FAIL and re-run by another worker.
+        show_progress: Progress bars for trials and epochs.
+        log: Where per-trial lines and notes go.
+
+    Raises:
+        MaskoptError: Invalid data or space, unreachable storage, a study created from a
+            different space.
+        SearchInterrupted: Ctrl-C or SIGTERM; the running trial is marked FAIL.
+    """
+    import torch
+
+    from maskopt.search.data import prepare_data
+    from maskopt.search.dataset import load_dataset
+    from maskopt.search.objective import Objective
+    from maskopt.search.pruning import build_pruner, build_sampler
+    from maskopt.search.space import Choice, Constant
+    from maskopt.storage import create_or_load_study, open_storage, redact, resolve_url
+
+    overrides = {k: v for k, v in {"data": str(data) if data else None, "name": study_name, "seed": seed}.items()
+                 if v is not None}
+    space = dataclasses.replace(space, study=dataclasses.replace(space.study, **overrides))
+    settings = space.study
+    if settings.data is None:
+        raise SpaceError(f"{space.source}: no dataset: set study.data in the space or pass --data")
+    if n_trials < 1:
+        raise MaskoptError(f"--trials must be at least 1, got {n_trials}")
+
+    dataset = load_dataset(settings.data, layout=settings.layout, corrections=settings.corrections,
+                           exclude_broken=settings.exclude_broken)
+    space, layout_notes = space.for_layout(dataset.layout)
+    size_dim = space.dims["image_size"]
+    sizes = [size_dim.value] if isinstance(size_dim, Constant) else list(size_dim.values) if isinstance(size_dim, Choice) else []
+    data_ready = prepare_data(dataset, image_sizes=sizes, cache_dir=cache_dir, exclude_broken=settings.exclude_broken,
+                              progress=show_progress)
+    notes = tuple(layout_notes) + data_ready.dataset.notes
+    for note in notes:
+        log(f"note: {note}")
+    data_ready.folds(n_folds=settings.folds, seed=settings.seed)  # fails now if there are too few persons
+
+    url = resolve_url(storage_url)
+    storage = open_storage(url, heartbeat_interval=heartbeat_interval)
+    study = create_or_load_study(storage=storage, study_name=settings.name, direction="maximize",
+                                 sampler=build_sampler(settings.sampler, seed=settings.seed),
+                                 pruner=build_pruner(settings))
+    _bind_space(study, space)
+
+    torch_device = setup_torch(device, threads)
+
+    from tqdm.auto import tqdm
+
+    already = counted_trials(study)
+    trial_bar = tqdm(total=n_trials, initial=min(already, n_trials), desc="trials", unit="trial",
+                     disable=not show_progress, position=0, dynamic_ncols=True)
+
+    def epoch_bar(total: int, number: int):
+        return tqdm(total=total, desc=f"trial {number} epochs", unit="ep", leave=False, position=1,
+                    disable=not show_progress, dynamic_ncols=True)
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial_bar.n = min(counted_trials(study), n_trials)
+        trial_bar.refresh()
+        line = describe_trial(trial)
+        if show_progress:
+            tqdm.write(line)
+        else:
+            log(line)
+        if counted_trials(study) >= n_trials:
+            study.stop()
+
+    objective = Objective(space=space, data=data_ready, device=torch_device, epoch_bar=epoch_bar if show_progress else None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with _sigterm_as_interrupt():
+            if already < n_trials:
+                study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=(Exception,),
+                               gc_after_trial=True)
+    except KeyboardInterrupt as e:
+        raise SearchInterrupted(
+            f"search interrupted; the running trial was marked FAIL. Run the same command to continue "
+            f"study {settings.name!r} to {n_trials} trials.") from e
+    finally:
+        trial_bar.close()
+
+    top = tuple(TopTrial(t.number, t.value, tuple(t.user_attrs.get("fold_f1", ())), t.params)
+                for t in top_trials(study, 5))
+    return SearchResult(settings.name, redact(url), counted_trials(study), n_trials, top, notes)
+
+
+def _bind_space(study: optuna.Study, space) -> None:
+    """Store the space with a new study; refuse to resume a study made from another space."""
+    stored = study.user_attrs.get(SPACE_ATTR)
+    current = space.to_dict()
+    if stored is None:
+        study.set_user_attr(SPACE_ATTR, current)
+        study.set_metric_names([OBJECTIVE_NAME])
+        _name_objective_for_dashboard(study)
+    elif stored["params"] != current["params"] or _study_part(stored) != _study_part(current):
+        raise SpaceError(
+            f"study {study.study_name!r} was created from a different search space than {space.source}. "
+            f"Use the same space to resume it, or give a new --study name.")
+
+
+def _study_part(space_dict) -> dict:
+    # The dataset path may differ between machines of one study; what is trained may not.
+    return {k: v for k, v in space_dict["study"].items() if k not in ("data", "name")}
+
+
+def _name_objective_for_dashboard(study: optuna.Study) -> None:
+    from optuna_dashboard import set_objective_names
+
+    set_objective_names(study, [OBJECTIVE_NAME])
+
+
+def top_trials(study: optuna.Study, n: int = 5) -> list[optuna.trial.FrozenTrial]:
+    """The best COMPLETE trials that ran every fold, best first."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "pruned_after_folds" not in t.user_attrs]
+    return sorted(complete, key=lambda t: t.value, reverse=True)[:n]
+
+
+def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
+    """One line per finished trial: number, state, F1, time, parameters."""
+    attrs = trial.user_attrs
+    state = trial.state.name
+    if trial.value is not None:
+        score = f"F1 {trial.value:.4f}"
+    elif attrs.get("fold_f1"):
+        score = f"F1 {np.mean(attrs['fold_f1']):.4f}*"  # mean of the folds it finished
+    else:
+        score = "F1   -   "
+    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    reason = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
+    line = f"trial {trial.number:>3} {state:<8} {score}  {attrs.get('seconds', 0):6.1f}s  {params}"
+    return line + (f"  ({reason})" if reason and state != "COMPLETE" else "")
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class _sigterm_as_interrupt:
+    """Treat SIGTERM like Ctrl-C, so Optuna marks the running trial FAIL before we exit."""
+
+    def __enter__(self):
+        def handler(signum, frame):
+            raise KeyboardInterrupt
+
+        self.previous = signal.signal(signal.SIGTERM, handler) if _main_thread() else None
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,436 @@
+"""Search spaces: a YAML file loaded once into frozen, validated objects.
+
+A space file has two sections::
+
+    study:                       # how the study runs
+      name: demo
+      folds: 3
+      epochs: 4
+      sampler: tpe               # or {name: tpe, n_startup_trials: 5}
+      pruner: median             # or {name: hyperband, reduction_factor: 3}
+    params:                      # what the study searches
+      backbone: [resnet10t, mobilenetv3_small_050]   # a list: choices
+      lr: {low: 1.0e-4, high: 1.0e-2, log: true}     # a range (optional log, step)
+      loss: ce                                        # a scalar: a constant
+
+Every value is checked here, against the parameter's type and allowed values; nothing downstream
+reads the raw YAML. An error names the file, the key path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskopt.errors import SpaceError
+from maskopt.search.labels import OFFICIAL_AGE_OLD
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What one searchable parameter may hold."""
+
+    kind: type  # str, int or float
+    default: Any
+    doc: str
+    choices: tuple | None = None  # the only values allowed, for str parameters
+    low: float | None = None  # inclusive bounds for numbers
+    high: float | None = None
+    competition_only: bool = False
+
+
+PARAMS: dict[str, ParamSpec] = {
+    "backbone": ParamSpec(str, "resnet10t", "any timm model name"),
+    "lr": ParamSpec(float, 1e-3, "peak learning rate", low=1e-8, high=10.0),
+    "weight_decay": ParamSpec(float, 0.05, "decoupled weight decay", low=0.0, high=1.0),
+    "batch_size": ParamSpec(int, 32, "training batch size", low=1, high=4096),
+    "freeze_depth": ParamSpec(int, 0, "leading backbone stages kept frozen (0 trains all)", low=0, high=16),
+    "sampler": ParamSpec(str, "uniform", "training sampler", choices=("uniform", "balanced")),
+    "aug_strength": ParamSpec(float, 0.0, "augmentation strength (see search/augment.py)", low=0.0, high=1.0),
+    "loss": ParamSpec(str, "ce", "training loss", choices=("ce", "focal", "label_smoothing")),
+    "optimizer": ParamSpec(str, "adamw", "any timm optimizer name (adamw, sgd, lamb, ...)"),
+    "image_size": ParamSpec(int, 64, "side of the square training images, pixels", low=16, high=1024),
+    "age_old": ParamSpec(int, OFFICIAL_AGE_OLD, "age where the oldest band starts in training labels",
+                         low=57, high=60, competition_only=True),
+    "head": ParamSpec(str, "single", "one 18-way head, or three heads (mask, gender, age)",
+                      choices=("single", "multi"), competition_only=True),
+}
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+Dimension = Constant | Choice | Range
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """One configuration to train: every parameter of ``PARAMS`` resolved to a value."""
+
+    backbone: str
+    lr: float
+    weight_decay: float
+    batch_size: int
+    freeze_depth: int
+    sampler: str
+    aug_strength: float
+    loss: str
+    optimizer: str
+    image_size: int
+    age_old: int
+    head: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- study settings -----------------------------------------------------------------------------
+
+SAMPLERS = ("tpe", "random", "gp", "qmc", "cmaes")
+PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A sampler or pruner: its name and the keyword options given to its constructor."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    name: str = "maskopt"
+    data: str | None = None
+    layout: str = "auto"
+    folds: int = 5
+    epochs: int = 10
+    seed: int = 0
+    sampler: Component = Component("tpe")
+    pruner: Component = Component("median")
+    pretrained: bool = False
+    weights: str | None = None
+    corrections: str | None = None
+    exclude_broken: bool = False
+    warmup_epochs: float = 1.0
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+
+SETTING_DOCS = {
+    "name": "study name in the storage",
+    "data": "dataset folder or CSV file (relative to the current folder)",
+    "layout": "auto, competition, csv or folders",
+    "folds": "person-grouped folds per trial (>= 2)",
+    "epochs": "epochs per fold",
+    "seed": "seed of the sampler, folds and training",
+    "sampler": f"Optuna sampler: {', '.join(SAMPLERS)}",
+    "pruner": f"Optuna pruner: {', '.join(PRUNERS)}",
+    "pretrained": "start from pretrained backbone weights",
+    "weights": "local weights: a file, or a folder with <backbone>.safetensors / .pth",
+    "corrections": "label-corrections CSV (competition only)",
+    "exclude_broken": "leave out persons with missing or unreadable images instead of failing",
+    "warmup_epochs": "linear learning-rate warm-up before the cosine decay, in epochs",
+    "amp": "mixed precision on CUDA (bf16 where supported, else fp16)",
+    "channels_last": "channels-last memory format on CUDA",
+    "compile": "torch.compile the model on CUDA",
+}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated space file: study settings plus one dimension per parameter."""
+
+    study: StudySettings
+    dims: dict[str, Dimension] = field(default_factory=dict)
+    source: str = "<space>"
+
+    def suggest(self, trial) -> TrialParams:
+        """Ask ``trial`` for every searched parameter, in a fixed order, and fill in constants."""
+        values = {}
+        for name, dim in self.dims.items():
+            spec = PARAMS[name]
+            if isinstance(dim, Constant):
+                values[name] = dim.value
+            elif isinstance(dim, Choice):
+                values[name] = trial.suggest_categorical(name, list(dim.values))
+            elif spec.kind is int:
+                values[name] = trial.suggest_int(name, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+            else:
+                values[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
+        return TrialParams(**values)
+
+    def params_from(self, values: dict[str, Any]) -> TrialParams:
+        """The ``TrialParams`` of a finished trial's parameters plus this space's constants."""
+        merged = {n: d.value for n, d in self.dims.items() if isinstance(d, Constant)}
+        merged.update({k: v for k, v in values.items() if k in PARAMS})
+        return TrialParams(**merged)
+
+    def for_layout(self, layout: str) -> tuple[SearchSpace, list[str]]:
+        """The space to use on a dataset of ``layout``, with notes on what was fixed.
+
+        Competition-only parameters (the age cut, three heads) are fixed to their neutral values
+        on other layouts, so one space file serves any dataset.
+        """
+        if layout == "competition":
+            return self, []
+        dims, notes = dict(self.dims), []
+        for name, spec in PARAMS.items():
+            if spec.competition_only and dims[name] != Constant(spec.default):
+                dims[name] = Constant(spec.default)
+                notes.append(f"{name} is fixed to {spec.default!r}: it applies to the competition layout only")
+        return dataclasses.replace(self, dims=dims), notes
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form, stored with the study so any machine can rebuild the space."""
+        study = dataclasses.asdict(self.study)
+        for key in ("sampler", "pruner"):
+            component = getattr(self.study, key)
+            study[key] = {"name": component.name, **component.kwargs()}
+        return {"study": study, "params": {name: _dim_to_yaml(dim) for name, dim in self.dims.items()}}
+
+
+def _dim_to_yaml(dim: Dimension):
+    if isinstance(dim, Constant):
+        return dim.value
+    if isinstance(dim, Choice):
+        return list(dim.values)
+    out = {"low": dim.low, "high": dim.high}
+    if dim.log:
+        out["log"] = True
+    if dim.step is not None:
+        out["step"] = dim.step
+    return out
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_space(path: str | Path, *, check_names: bool = True) -> SearchSpace:
+    """Read and validate a space file.
+
+    Args:
+        path: The YAML file.
+        check_names: Check backbone and optimizer names against timm's registries.
+
+    Raises:
+        SpaceError: The file is missing, not YAML, or invalid; the message names the file, key
+            path, value and what is allowed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpaceError(f"cannot read search space {path}: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{path} is not valid YAML: {e}") from e
+    return parse_space(raw, source=str(path), check_names=check_names)
+
+
+def parse_space(raw: Any, *, source: str = "<space>", check_names: bool = True) -> SearchSpace:
+    """Validate an already-parsed space (a dict with ``study`` and ``params``)."""
+    v = _Validator(source)
+    raw = v.mapping(raw, "", allowed=("study", "params"))
+    study = _parse_study(v, raw.get("study") or {})
+    params_raw = v.mapping(raw.get("params") or {}, "params", allowed=tuple(PARAMS))
+    dims = {name: _parse_dim(v, name, params_raw[name]) if name in params_raw else Constant(PARAMS[name].default)
+            for name in PARAMS}
+    if check_names:
+        _check_registry_names(v, dims)
+    return SearchSpace(study=study, dims=dims, source=source)
+
+
+def _parse_study(v: _Validator, raw) -> StudySettings:
+    fields = {f.name: f for f in dataclasses.fields(StudySettings)}
+    raw = v.mapping(raw, "study", allowed=tuple(fields))
+    defaults = StudySettings()
+    values = {}
+    for key, value in raw.items():
+        where = f"study.{key}"
+        default = getattr(defaults, key)
+        if key in ("sampler", "pruner"):
+            values[key] = _parse_component(v, where, value, SAMPLERS if key == "sampler" else PRUNERS, key)
+        elif key in ("data", "weights", "corrections"):
+            values[key] = None if value is None else v.typed(value, str, where)
+        elif key == "layout":
+            values[key] = v.one_of(value, ("auto", "competition", "csv", "folders"), where)
+        else:
+            values[key] = v.typed(value, type(default), where)
+    settings = dataclasses.replace(defaults, **values)
+    if settings.folds < 2:
+        v.fail("study.folds", settings.folds, "at least 2")
+    if settings.epochs < 1:
+        v.fail("study.epochs", settings.epochs, "at least 1")
+    if settings.warmup_epochs < 0:
+        v.fail("study.warmup_epochs", settings.warmup_epochs, "0 or more")
+    if not settings.name.strip():
+        v.fail("study.name", settings.name, "a non-empty name")
+    return settings
+
+
+def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], kind: str) -> Component:
+    if isinstance(value, str):
+        name, options = value, {}
+    else:
+        options = dict(v.mapping(value, where))
+        if "name" not in options:
+            v.fail(where, value, f"a {kind} name, or a mapping with 'name' and its options")
+        name = options.pop("name")
+    name = v.one_of(name, names, where if isinstance(value, str) else f"{where}.name")
+    accepted = _component_options(kind, name)
+    for key in options:
+        if key not in accepted:
+            v.fail(f"{where}.{key}", options[key],
+                   f"an option of the {name} {kind}: {', '.join(accepted) or '(none)'}")
+    return Component(name, tuple(sorted(options.items())))
+
+
+def _component_options(kind: str, name: str) -> tuple[str, ...]:
+    """Keyword options a sampler or pruner accepts (the seed is the study's, set elsewhere)."""
+    from maskopt.search.pruning import pruner_class, sampler_class
+
+    cls = sampler_class(name) if kind == "sampler" else pruner_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    return tuple(p for p in params if p not in ("self", "seed", "args", "kwargs"))
+
+
+def _parse_dim(v: _Validator, name: str, raw) -> Dimension:
+    spec = PARAMS[name]
+    where = f"params.{name}"
+    if isinstance(raw, list) or (isinstance(raw, dict) and "choices" in raw):
+        values = raw if isinstance(raw, list) else v.mapping(raw, where, allowed=("choices",))["choices"]
+        if not isinstance(values, list) or not values:
+            v.fail(where, raw, "a non-empty list of choices")
+        checked = tuple(_check_value(v, spec, item, f"{where}[{i}]") for i, item in enumerate(values))
+        if len(set(checked)) != len(checked):
+            v.fail(where, values, "choices without repeats")
+        return Choice(checked)
+    if isinstance(raw, dict):
+        if spec.kind is str:
+            v.fail(where, raw, f"a value or a list of choices ({spec.doc})")
+        raw = v.mapping(raw, where, allowed=("low", "high", "log", "step"))
+        for key in ("low", "high"):
+            if key not in raw:
+                v.fail(where, raw, "a range with both 'low' and 'high'")
+        low = _check_value(v, spec, raw["low"], f"{where}.low")
+        high = _check_value(v, spec, raw["high"], f"{where}.high")
+        log = v.typed(raw.get("log", False), bool, f"{where}.log")
+        step = None if raw.get("step") is None else v.typed(raw["step"], spec.kind, f"{where}.step")
+        if low > high:
+            v.fail(where, raw, f"low <= high, but got low={low}, high={high}")
+        if log and low <= 0:
+            v.fail(f"{where}.low", low, "a value > 0 with log: true")
+        if log and step is not None:
+            v.fail(where, raw, "either log or step, not both")
+        if step is not None and step <= 0:
+            v.fail(f"{where}.step", step, "a positive step")
+        return Range(low, high, log, step)
+    return Constant(_check_value(v, spec, raw, where))
+
+
+def _check_value(v: _Validator, spec: ParamSpec, value, where: str):
+    value = v.typed(value, spec.kind, where)
+    if spec.choices is not None and value not in spec.choices:
+        v.one_of(value, spec.choices, where)
+    if spec.low is not None and not spec.low <= value <= spec.high:
+        v.fail(where, value, f"a value in [{spec.low}, {spec.high}] ({spec.doc})")
+    return value
+
+
+def _check_registry_names(v: _Validator, dims: dict[str, Dimension]) -> None:
+    import timm
+    import timm.optim
+
+    registries = {"backbone": timm.list_models(), "optimizer": timm.optim.list_optimizers()}
+    for name, known in registries.items():
+        dim = dims[name]
+        values = (dim.value,) if isinstance(dim, Constant) else dim.values
+        known_set = set(known)
+        for value in values:
+            if value not in known_set:
+                close = difflib.get_close_matches(value, known, n=5, cutoff=0.6)
+                hint = f"closest: {', '.join(close)}" if close else f"see timm.list_{'models' if name == 'backbone' else 'optimizers'}()"
+                v.fail(f"params.{name}", value, f"a timm {name} name ({hint})")
+
+
+class _Validator:
+    """Checks raw YAML values and raises ``SpaceError`` naming file, key path and value."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, value, allowed: str):
+        raise SpaceError(f"{self.source}: {where or '(top level)'}: got {value!r}; expected {allowed}")
+
+    def mapping(self, value, where: str, allowed: tuple[str, ...] | None = None) -> dict:
+        if not isinstance(value, dict):
+            self.fail(where, value, "a mapping of keys to values")
+        for key in value:
+            if allowed is not None and key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                path = f"{where}.{key}" if where else str(key)
+                raise SpaceError(
+                    f"{self.source}: {path}: unknown key{hint}; allowed keys here: {', '.join(allowed)}"
+                )
+        return value
+
+    def typed(self, value, kind: type, where: str):
+        if kind is float:
+            # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number it plainly is.
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    self.fail(where, value, "a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                self.fail(where, value, "a finite number")
+            return float(value)
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(where, value, "a whole number")
+            return value
+        if kind is bool:
+            if not isinstance(value, bool):
+                self.fail(where, value, "true or false")
+            return value
+        if not isinstance(value, kind):
+            self.fail(where, value, f"a {kind.__name__}")
+        return value
+
+    def one_of(self, value, allowed: tuple, where: str):
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.fail(where, value, f"one of {', '.join(map(str, allowed))}{hint}")
+        return value

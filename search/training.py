@@ -1,0 +1,277 @@
+"""Training one model on one fold, from decoded images held as a uint8 tensor.
+
+The loop avoids per-step host synchronisation: the loss is summed on the device and checked for
+non-finite values once per epoch. Batches are gathered from the in-memory tensor and augmented as
+a batch (see ``augment.py``), so no DataLoader workers or per-image decoding are involved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskopt.search.space import StudySettings, TrialParams
+
+LABEL_SMOOTHING = 0.1
+FOCAL_GAMMA = 2.0
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FoldResult:
+    """What one fold's training produced.
+
+    ``best_*`` refer to the epoch with the highest validation macro F1 (epochs count from 1).
+    """
+
+    best_f1: float = 0.0
+    best_accuracy: float = 0.0
+    best_epoch: int = 0
+    best_predictions: np.ndarray | None = None
+    f1_history: list[float] = field(default_factory=list)
+    images_per_second: float = 0.0
+    epochs_trained: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Tensors for one fold: images are ``uint8 [N, 3, S, S]``, indices select rows."""
+
+    images: torch.Tensor
+    train_rows: np.ndarray
+    train_labels: np.ndarray  # training labels (may use a shifted age cut)
+    val_rows: np.ndarray
+    val_labels: np.ndarray  # official labels, what the score is measured on
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA and host allocation failures."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy, focal (gamma 2) or label-smoothed (0.1) cross-entropy."""
+    if name == "ce":
+        return F.cross_entropy
+    if name == "label_smoothing":
+        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
+    if name == "focal":
+        return focal_loss
+    raise ValueError(f"unknown loss {name!r}")
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017): cross-entropy down-weighted on well-classified examples."""
+    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+    return (-((1 - log_p.exp()) ** gamma) * log_p).mean()
+
+
+def epoch_order(labels: np.ndarray, *, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """Positions into ``labels`` for one epoch.
+
+    ``uniform`` is a permutation; ``balanced`` draws with replacement with weights inversely
+    proportional to class frequency, so every class is seen about equally often.
+    """
+    n = len(labels)
+    if sampler == "uniform":
+        return torch.randperm(n, generator=generator)
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def autocast_dtype(device: torch.device, settings: StudySettings) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 (with a grad scaler) otherwise; None on the CPU."""
+    if device.type != "cuda" or not settings.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_fold(
+    params: TrialParams,
+    data: TrainingData,
+    *,
+    settings: StudySettings,
+    num_classes: int,
+    device: torch.device,
+    seed: int,
+    accumulation: int = 1,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    progress=None,
+) -> tuple[FoldResult, torch.nn.Module]:
+    """Train ``params`` on the fold's training rows, scoring the validation rows every epoch.
+
+    Args:
+        params: The configuration.
+        data: Images and row indices of the fold.
+        settings: Study settings (epochs, warm-up, GPU options).
+        num_classes: Classes of the dataset.
+        device: Where to train.
+        seed: Seeds weights, sampling order and augmentation.
+        accumulation: Gradient accumulation steps; the micro-batch is
+            ``batch_size // accumulation`` so the effective batch stays ``batch_size``.
+        on_epoch: Called with (epoch from 0, macro F1, accuracy) after each epoch; may raise
+            ``optuna.TrialPruned`` to stop.
+        progress: A tqdm bar advanced once per epoch, or None.
+
+    Returns:
+        The fold's result and the trained model (weights of the last epoch).
+
+    Raises:
+        NonFiniteLoss: The loss became NaN or infinite.
+    """
+    import timm.optim
+    import timm.scheduler
+
+    from maskopt.search.augment import BatchAugment
+    from maskopt.search.models import build_model
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(
+        params.backbone, num_classes=num_classes, head=params.head, pretrained=settings.pretrained,
+        weights=settings.weights, freeze_depth=params.freeze_depth,
+    ).to(device)
+    on_cuda = device.type == "cuda"
+    if on_cuda and settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if on_cuda and settings.compile else model
+    mean, std = normalisation(model, device)
+
+    micro_batch = max(1, params.batch_size // accumulation)
+    n_train = len(data.train_rows)
+    # Drop a last micro-batch of one image: BatchNorm cannot train on a single sample.
+    steps = n_train // micro_batch if n_train % micro_batch == 1 and n_train > micro_batch else math.ceil(n_train / micro_batch)
+    updates_per_epoch = max(1, steps // accumulation)
+    optimizer = timm.optim.create_optimizer_v2(model, opt=params.optimizer, lr=params.lr,
+                                               weight_decay=params.weight_decay)
+    scheduler = timm.scheduler.CosineLRScheduler(
+        optimizer, t_initial=settings.epochs * updates_per_epoch, lr_min=params.lr * 0.01,
+        warmup_t=int(settings.warmup_epochs * updates_per_epoch), warmup_lr_init=params.lr * 0.01,
+        warmup_prefix=True, t_in_epochs=False,
+    )
+    amp_dtype = autocast_dtype(device, settings)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+    augment = BatchAugment(params.aug_strength, image_size=data.images.shape[-1])
+    criterion = loss_function(params.loss)
+    train_labels = torch.as_tensor(data.train_labels, device=device)
+    train_rows = torch.as_tensor(data.train_rows)
+
+    result = FoldResult()
+    train_seconds, images_seen, num_updates = 0.0, 0, 0
+    for epoch in range(settings.epochs):
+        model.train()
+        started = time.perf_counter()
+        order = epoch_order(data.train_labels, sampler=params.sampler, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        optimizer.zero_grad(set_to_none=True)
+        for step in range(steps):
+            pos = order[step * micro_batch:(step + 1) * micro_batch]
+            x = prepare_batch(data.images, train_rows[pos], device, mean, std, augment=augment, generator=generator,
+                              channels_last=on_cuda and settings.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = criterion(step_model(x), train_labels[pos.to(device)]) / accumulation
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+            if (step + 1) % accumulation == 0 or step + 1 == steps:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                num_updates += 1
+                scheduler.step_update(num_updates)
+            images_seen += len(pos)
+        if on_cuda:
+            torch.cuda.synchronize()  # so the epoch's time covers its kernels
+        if not torch.isfinite(loss_sum):  # one host sync per epoch, not per step
+            raise NonFiniteLoss(f"training loss became {loss_sum.item()} in epoch {epoch + 1}")
+        train_seconds += time.perf_counter() - started
+        result.epochs_trained = epoch + 1
+        if progress is not None:
+            progress.update(1)
+        if len(data.val_rows) == 0:  # retraining on all data: nothing to score
+            continue
+        predictions = predict_rows(step_model, data.images, data.val_rows, device, mean, std,
+                                   batch_size=max(micro_batch * 2, 32), amp_dtype=amp_dtype,
+                                   channels_last=on_cuda and settings.channels_last).argmax(1).numpy()
+        f1, accuracy = macro_f1(data.val_labels, predictions), float(np.mean(predictions == data.val_labels))
+        result.f1_history.append(f1)
+        if f1 > result.best_f1 or result.best_epoch == 0:
+            result.best_f1, result.best_accuracy, result.best_epoch = f1, accuracy, epoch + 1
+            result.best_predictions = predictions
+        if progress is not None:
+            progress.set_postfix(f1=f"{f1:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, f1, accuracy)
+    result.images_per_second = images_seen / train_seconds if train_seconds else 0.0
+    return result, model
+
+
+def train_full(params: TrialParams, images: torch.Tensor, labels: np.ndarray, *, settings: StudySettings,
+               epochs: int, num_classes: int, device: torch.device, seed: int, progress=None) -> torch.nn.Module:
+    """Train on every row (no hold-out) for ``epochs`` epochs; used to retrain the best trial."""
+    rows = np.arange(len(labels))
+    data = TrainingData(images, rows, labels, rows[:0], labels[:0])
+    _, model = train_fold(params, data, settings=dataclasses.replace(settings, epochs=epochs),
+                          num_classes=num_classes, device=device, seed=seed, progress=progress)
+    return model
+
+
+def mean_std(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation mean and std from timm's data config of the backbone."""
+    import timm.data
+
+    config = timm.data.resolve_model_data_config(model.model)
+    return tuple(config["mean"]), tuple(config["std"])
+
+
+def normalisation(model, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``model``'s backbone, shaped ``[1, 3, 1, 1]`` for broadcasting."""
+    mean, std = mean_std(model)
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
+def prepare_batch(images: torch.Tensor, rows: torch.Tensor, device: torch.device, mean, std, *, augment=None,
+                  generator=None, channels_last: bool = False) -> torch.Tensor:
+    """Gather rows of the uint8 image tensor, move, augment and normalise them."""
+    x = images[rows.to(images.device)].to(device, non_blocking=True).float().div_(255)
+    if augment is not None:
+        x = augment(x, generator)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def predict_rows(model: torch.nn.Module, images: torch.Tensor, rows: np.ndarray, device: torch.device, mean, std, *,
+                 batch_size: int, amp_dtype=None, channels_last: bool = False, flip: bool = False) -> torch.Tensor:
+    """Class probabilities ``[len(rows), C]`` (on the CPU); ``flip`` averages in the mirror image."""
+    model.eval()
+    rows = torch.as_tensor(rows)
+    out = []
+    for start in range(0, len(rows), batch_size):
+        x = prepare_batch(images, rows[start:start + batch_size], device, mean, std, channels_last=channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            probs = model(x).float().softmax(1)
+            if flip:
+                probs = (probs + model(x.flip(3)).float().softmax(1)) / 2
+        out.append(probs.cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over the classes present in truth or prediction (zero_division=0)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))

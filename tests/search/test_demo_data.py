@@ -1,0 +1,182 @@
+"""The demo data generator: the competition's exact layout, its quirks, determinism, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, UnidentifiedImageError
+
+from maskopt.cli import cli
+from maskopt.errors import DataError
+from maskopt.search.demo_data import DemoDataSummary, make_demo_data
+from maskopt.search.labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, decode, encode
+
+PERSONS, EVAL_PERSONS, SIZE = 12, 4, 32
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> DemoDataSummary:
+    out = tmp_path_factory.mktemp("demo") / "data"
+    return make_demo_data(out, persons=PERSONS, eval_persons=EVAL_PERSONS, size=SIZE)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="") as f:
+        header, *rows = csv.reader(f)
+    return header, rows
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("._"))
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_summary_counts(demo):
+    assert demo.persons == PERSONS and demo.eval_persons == EVAL_PERSONS
+    assert demo.train_images == PERSONS * 7 and demo.eval_images == EVAL_PERSONS * 7
+    assert len(demo.class_counts) == NUM_CLASSES and sum(demo.class_counts) == demo.train_images
+
+
+def test_train_csv_has_string_ids_and_the_real_columns(demo):
+    header, rows = read_csv(demo.out / "train" / "train.csv")
+    assert header == ["id", "gender", "race", "age", "path"]
+    assert len(rows) == PERSONS
+    ids = [row[0] for row in rows]
+    assert all(re.fullmatch(r"\d{6}(-\d)?", id_) for id_ in ids)
+    assert all(id_.startswith("0") for id_ in ids), "leading zeros must survive"
+    assert any("-" in id_ for id_ in ids), "at least one suffixed id"
+    assert len(set(ids)) == PERSONS
+    for id_, gender, race, age, path in rows:
+        assert gender in GENDERS and race == "Asian" and 18 <= int(age) <= 60
+        assert path == f"{id_}_{gender}_{race}_{age}"
+    assert "60" in [row[3] for row in rows], "the oldest band is present"
+
+
+def test_every_person_folder_holds_seven_square_photos(demo):
+    _, rows = read_csv(demo.out / "train" / "train.csv")
+    images_dir = demo.out / "train" / "images"
+    assert sorted(p.name for p in images_dir.iterdir()) == sorted(row[4] for row in rows)
+    for row in rows:
+        photos = images_in(images_dir / row[4])
+        assert sorted(p.stem for p in photos) == sorted(STEMS)
+        for photo in photos:
+            with Image.open(photo) as image:
+                assert image.mode == "RGB" and image.size == (SIZE, SIZE)
+
+
+def test_extensions_are_mixed_like_the_real_data(demo):
+    folders = [images_in(folder) for folder in (demo.out / "train" / "images").iterdir()]
+    extensions = Counter(p.suffix for photos in folders for p in photos)
+    assert set(extensions) == {".jpg", ".png", ".jpeg"}
+    assert extensions[".jpg"] > extensions[".png"] + extensions[".jpeg"]
+    assert any({p.suffix for p in photos} == {".jpg", ".jpeg"} for photos in folders), "a folder mixes .jpg and .jpeg"
+
+
+def test_apple_double_files_are_present_and_are_not_images(demo):
+    train_dir = demo.out / "train"
+    hidden = [train_dir / "._train.csv", train_dir / "._images"]
+    hidden += [p for p in (train_dir / "images").glob("*/._*")]
+    assert len(hidden) > 2, "some person folders carry ._ files"
+    for path in hidden:
+        with pytest.raises(UnidentifiedImageError):
+            Image.open(path)
+    for path in (train_dir / "images").glob("*/._*"):
+        assert path.name[2:] in {p.name for p in images_in(path.parent)}
+
+
+def test_eval_info_and_solution_are_aligned(demo):
+    eval_dir = demo.out / "eval"
+    info_header, info = read_csv(eval_dir / "info.csv")
+    solution_header, solution = read_csv(eval_dir / "solution.csv")
+    assert info_header == solution_header == ["ImageID", "ans"]
+    assert len(info) == EVAL_PERSONS * 7
+    assert [row[0] for row in info] == [row[0] for row in solution]
+    assert {row[1] for row in info} == {"0"}
+    assert all(re.fullmatch(r"[0-9a-f]{40}\.jpg", row[0]) for row in info)
+    assert sorted(p.name for p in (eval_dir / "images").iterdir()) == sorted(row[0] for row in info)
+    labels = np.array([int(row[1]) for row in solution])
+    assert labels.min() >= 0 and labels.max() < NUM_CLASSES
+    mask, _, _ = decode(labels)
+    assert Counter(mask.tolist()) == {0: 5 * EVAL_PERSONS, 1: EVAL_PERSONS, 2: EVAL_PERSONS}
+
+
+def test_eval_rows_are_shuffled(demo):
+    _, solution = read_csv(demo.out / "eval" / "solution.csv")
+    masks = [int(decode(int(row[1]))[0]) for row in solution]
+    assert masks != sorted(masks) and masks[:7] != [0, 0, 0, 0, 0, 1, 2]
+
+
+def test_class_counts_follow_the_folder_names(demo):
+    expected = np.zeros(NUM_CLASSES, dtype=int)
+    for folder in (demo.out / "train" / "images").iterdir():
+        _, gender, _, age = folder.name.rsplit("_", 3)
+        for photo in images_in(folder):
+            expected[encode(MASK_OF_STEM[photo.stem], GENDERS[gender], age_band(int(age)))] += 1
+    assert tuple(expected) == demo.class_counts
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
+    options = dict(persons=10, eval_persons=2, size=24)
+    first = tree_bytes(make_demo_data(tmp_path / "a", seed=3, **options).out)
+    again = tree_bytes(make_demo_data(tmp_path / "b", seed=3, **options).out)
+    other = tree_bytes(make_demo_data(tmp_path / "c", seed=4, **options).out)
+    assert first == again
+    assert first.keys() != other.keys()
+    assert first["train/train.csv"] != other["train/train.csv"]
+
+
+def test_few_persons_still_work(tmp_path):
+    summary = make_demo_data(tmp_path / "tiny", persons=2, eval_persons=1, size=16)
+    assert summary.train_images == 14 and summary.eval_images == 7
+
+
+def test_refuses_a_non_empty_folder_and_accepts_an_empty_one(tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not an empty folder"):
+        make_demo_data(occupied, persons=2, eval_persons=1, size=16)
+    assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    make_demo_data(empty, persons=2, eval_persons=1, size=16)
+    assert (empty / "train" / "train.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "occupied"], "no staging folder is left"
+
+
+@pytest.mark.parametrize("bad", [dict(persons=1), dict(eval_persons=0), dict(size=15), dict(seed=-1)])
+def test_rejects_arguments_out_of_range(tmp_path, bad):
+    with pytest.raises(ValueError):
+        make_demo_data(tmp_path / "data", **bad)
+
+
+def test_cli_writes_the_data_and_names_the_next_step(tmp_path):
+    out = tmp_path / "demo-data"
+    args = ["make-demo-data", str(out), "--persons", "10", "--eval-persons", "2", "--size", "24", "--seed", "1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"maskopt search --space spaces/demo.yaml --data {out}" in result.output
+    assert "70 images" in result.output
+    assert len(read_csv(out / "train" / "train.csv")[1]) == 10
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1
+    assert "Error:" in again.output and "not an empty folder" in again.output
+
+
+@pytest.mark.parametrize("option, value", [("--persons", "1"), ("--size", "8"), ("--eval-persons", "0")])
+def test_cli_validates_options(tmp_path, option, value):
+    result = CliRunner().invoke(cli, ["make-demo-data", str(tmp_path / "data"), option, value])
+    assert result.exit_code == 2
+    assert option in result.output
+    assert not (tmp_path / "data").exists()
