@@ -81,7 +81,8 @@ def prepare_data(dataset: ImageDataset, *, image_sizes, cache_dir: str | Path | 
         listed = [f"{dataset.paths[i]}: {reason}" for i, reason in sorted(bad.items())]
         if not exclude_broken:
             raise DataError(format_problems(f"{len(bad)} image(s) cannot be read", listed)
-                            + "\nReplace or delete them, or pass --exclude-broken to leave their persons out.")
+                            + "\nReplace or delete them, or pass --exclude-broken (or set exclude_broken: true under study: in the "
+                            "space) to leave their persons out.")
         broken_groups = {dataset.groups[i] for i in bad}
         keep = ~np.isin(dataset.groups, list(broken_groups))
         rows = rows[keep]

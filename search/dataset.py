@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +75,8 @@ class ImageDataset:
         h = hashlib.sha256(self.layout.encode())
         base = self.root if self.root.is_dir() else self.root.parent
         for path, label, group in zip(self.paths, self.labels, self.groups):
-            h.update(f"\n{path.relative_to(base).as_posix()}\t{label}\t{group}".encode())
+            # relpath, not relative_to: a CSV may name images outside its own folder.
+            h.update(f"\n{Path(os.path.relpath(path, base)).as_posix()}\t{label}\t{group}".encode())
         return h.hexdigest()[:16]
 
     def without_groups(self, groups, reason: str) -> ImageDataset:
@@ -101,11 +104,14 @@ class EvalSet:
 
 
 def detect_layout(root: Path) -> str:
-    """``competition`` if ``train/train.csv`` exists, ``csv`` for a CSV file (or a folder holding
-    exactly one), otherwise ``folders``."""
+    """``competition`` if ``train/train.csv`` or ``train/images/`` exists, ``csv`` for a CSV file
+    (or a folder holding exactly one), otherwise ``folders``."""
+    root = Path(root)
     if root.is_file():
         return "csv"
-    if (root / "train" / "train.csv").is_file():
+    # train/images alone counts too: a competition tree that lost its train.csv must fail with
+    # "train.csv is missing", not load as two classes named "train" and "eval".
+    if (root / "train" / "train.csv").is_file() or (root / "train" / "images").is_dir():
         return "competition"
     if len(_visible_csvs(root)) == 1:
         return "csv"
@@ -134,7 +140,7 @@ def load_dataset(
     """
     root = Path(root)
     if not root.exists():
-        raise DataError(f"dataset not found: {root} does not exist. Pass the folder with --data.")
+        raise DataError(f"dataset not found: {root} does not exist; give the dataset folder or CSV file")
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
     if layout == "auto":
@@ -148,7 +154,13 @@ def load_dataset(
     else:
         dataset = _load_folders(root)
     if len(dataset) == 0:
-        raise DataError(f"the dataset at {root} holds no images")
+        expected = {
+            "competition": f"{root / 'train' / 'train.csv'} lists no persons; add one row per person folder",
+            "csv": "its CSV file lists no images; add one row per image (path,label)",
+            "folders": "expected ROOT/<class>/<image> with image files ("
+                       + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")",
+        }[layout]
+        raise DataError(f"the dataset at {root} holds no images: {expected}")
     return dataset
 
 
@@ -171,8 +183,9 @@ def _load_competition(root: Path, *, corrections, exclude_broken: bool) -> Image
         if gender not in L.GENDERS:
             found.append(f"{where}: unknown gender {gender!r} (allowed: {', '.join(L.GENDERS)})")
         age_text = row["age"].strip()
-        if not age_text.isdigit():
-            found.append(f"{where}: age {age_text!r} is not a whole number")
+        # isascii: str.isdigit also accepts characters such as '²' that int() rejects.
+        if not (age_text.isascii() and age_text.isdigit()):
+            found.append(f"{where}: age {age_text!r} is not a whole number of years")
         folder = images_dir / row["path"].strip()
         stems = _person_images(folder, where, found)
         if found:
@@ -200,10 +213,13 @@ def _load_competition(root: Path, *, corrections, exclude_broken: bool) -> Image
         notes.extend(_describe_corrections(fixes, set(groups)))
     if problems:
         flat = [p for person_problems in problems.values() for p in person_problems]
-        if not exclude_broken:
+        if not exclude_broken or not paths:
+            # Excluding every person would leave only "holds no images"; the problems say why.
             raise DataError(
                 format_problems(f"{len(flat)} problem(s) in {train_csv} and its image folders", flat)
-                + "\nFix them, or pass --exclude-broken to leave those persons out."
+                + ("\nFix them, or pass --exclude-broken (or set exclude_broken: true under study: in the space) to leave those "
+                   "persons out." if not exclude_broken
+                   else "\nEvery person has a problem, so excluding them would leave nothing; fix them.")
             )
         notes.append(f"excluded {len(problems)} person(s) with problems: " + "; ".join(flat[:5])
                      + (" ..." if len(flat) > 5 else ""))
@@ -222,7 +238,8 @@ def _load_competition(root: Path, *, corrections, exclude_broken: bool) -> Image
 def _person_images(folder: Path, where: str, problems: list[str]) -> dict[str, Path]:
     """The seven images of a person folder by stem, matched by stem whatever the extension."""
     if not folder.is_dir():
-        problems.append(f"{where}: image folder {folder} does not exist")
+        problems.append(f"{where}: image folder {folder} does not exist (the path column names a folder "
+                        "under train/images)")
         return {}
     by_stem: dict[str, list[Path]] = {}
     for p in folder.iterdir():
@@ -310,12 +327,16 @@ def _load_csv(root: Path) -> ImageDataset:
         if not path.is_file():
             problems.append(f"{csv_path}, line {line}: image {path} does not exist")
             continue
+        if not row["label"].strip():
+            problems.append(f"{csv_path}, line {line}: the label is empty")
+            continue
         paths.append(path)
         names.append(row["label"].strip())
         # Without a group column every image is its own group.
         groups.append(row.get("group", "").strip() or str(path))
     if problems:
-        raise DataError(format_problems(f"{len(problems)} problem(s) in {csv_path}", problems))
+        raise DataError(format_problems(f"{len(problems)} problem(s) in {csv_path}", problems)
+                        + "\nPaths are relative to the CSV file's folder; fix or remove those rows.")
     return _from_names(csv_path, "csv", paths, names, groups)
 
 
@@ -334,7 +355,8 @@ def _from_names(root: Path, layout: str, paths, names, groups) -> ImageDataset:
     if len(paths) and len(class_names) < 2:
         raise DataError(
             f"{root} holds a single class ({class_names[0]!r}); a classifier needs at least two. "
-            + ("Put each class in its own folder: ROOT/<class>/<image>." if layout == "folders" else "")
+            + ("Put each class in its own folder: ROOT/<class>/<image>." if layout == "folders"
+               else "Give the images of at least two labels in the label column.")
         )
     index = {name: i for i, name in enumerate(class_names)}
     return ImageDataset(
@@ -353,17 +375,27 @@ def _from_names(root: Path, layout: str, paths, names, groups) -> ImageDataset:
 def _read_csv(path: Path, *, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     """Rows of a CSV file with their line numbers; every value stays a string (ids keep zeros)."""
     if not path.is_file():
-        raise DataError(f"{path} is missing")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DataError(
-                f"{path} lacks column(s) {', '.join(missing)}; its header is {','.join(header) or '(empty)'}, "
-                f"expected {','.join(required)}"
-            )
-        return [(reader.line_num, row) for row in reader]
+        raise DataError(f"{path} is missing; check the path, it must be a CSV file with columns {','.join(required)}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DataError(
+                    f"{path} lacks column(s) {', '.join(missing)}; its header is {','.join(header) or '(empty)'}, "
+                    f"expected {','.join(required)}"
+                )
+            rows = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} cannot be read as a UTF-8 CSV file ({e}); save it as UTF-8 CSV") from e
+    # DictReader fills the fields a short row lacks with None, which would crash far from here.
+    short = [f"{path}, line {line}: {sum(v is not None for k, v in row.items() if k is not None)} field(s), "
+             f"expected {len(header)}" for line, row in rows if any(v is None for v in row.values())]
+    if short:
+        raise DataError(format_problems(f"{len(short)} row(s) of {path} are too short", short)
+                        + "\nEvery row needs a value (possibly empty) for each column of the header.")
+    return rows
 
 
 def _visible_csvs(folder: Path) -> list[Path]:
@@ -381,4 +413,6 @@ def format_problems(title: str, problems: list[str]) -> str:
 
 
 def _natural_key(name: str):
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+    # "class2" before "class10"; re.split puts text at even and numbers at odd positions, so
+    # keys of any two names compare part by part without mixing str and int.
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]

@@ -167,8 +167,9 @@ def make_demo_data(
             "give a new folder name, or delete this one if it holds only old demo data"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{seed}"
+    target = out.absolute()  # so that "." and "data/" name their folder too
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{seed}"
     if staging.exists():
         raise DataError(f"{staging} is left over from an interrupted run; delete it and try again")
     staging.mkdir()
@@ -176,9 +177,9 @@ def make_demo_data(
         with tqdm(total=persons + eval_persons, unit="person", desc="demo data", disable=not progress) as bar:
             class_counts = _write_train(staging / "train", persons, size, seed, bar)
             _write_eval(staging / "eval", eval_persons, size, seed, bar)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -541,7 +542,7 @@ def _draw_head(draw: ImageDraw.ImageDraw, face: _Face, person: _Person, rng: np.
 
 
 def _draw_mask(layer: Image.Image, face: _Face, top: float, cloth: _Cloth) -> None:
-    """A mask of the stem's pattern whose upper edge runs at height ``top``, with ear loops."""
+    """A mask made of ``cloth`` whose upper edge runs at height ``top``, with ear loops."""
     dy = (top - face.y) / face.ry
     outline = [
         face.at(-1.0, dy + 0.15), face.at(-0.45, dy + 0.02), face.at(0, dy - 0.04), face.at(0.45, dy + 0.02),

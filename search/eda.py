@@ -62,7 +62,9 @@ def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
         age_histogram=_age_histogram(dataset),
         image_sizes=dict(sizes.most_common()),
         extensions=dict(Counter(p.suffix.lower() for p in dataset.paths).most_common()),
-        notes=list(dataset.notes),
+        notes=list(dataset.notes) + ([f"{sizes['unreadable']} image(s) cannot be opened as images; a search "
+                                      "fails on them unless study.exclude_broken leaves their groups out"]
+                                     if sizes["unreadable"] else []),
     )
 
 
@@ -82,8 +84,17 @@ def _person_ages(dataset: ImageDataset) -> np.ndarray:
 def _age_histogram(dataset: ImageDataset) -> dict[str, int]:
     if not dataset.is_competition:
         return {}
-    counts, _ = np.histogram(_person_ages(dataset), bins=AGE_BINS)
-    return {f"{lo}-{hi - 1}": int(c) for lo, hi, c in zip(AGE_BINS[:-1], AGE_BINS[1:], counts)}
+    ages = _person_ages(dataset)
+    counts, _ = np.histogram(ages, bins=AGE_BINS)
+    histogram = {f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo): int(c)
+                 for lo, hi, c in zip(AGE_BINS[:-1], AGE_BINS[1:], counts)}
+    # np.histogram drops values outside the bins; a user's own data may hold such ages.
+    below, above = int(np.sum(ages < AGE_BINS[0])), int(np.sum(ages >= AGE_BINS[-1]))
+    if below:
+        histogram = {f"<{AGE_BINS[0]}": below, **histogram}
+    if above:
+        histogram[f">={AGE_BINS[-1]}"] = above
+    return histogram
 
 
 def write_eda_files(summary: DatasetSummary, dataset: ImageDataset, out: str | Path, *, samples_per_class: int = 4,
@@ -93,7 +104,6 @@ def write_eda_files(summary: DatasetSummary, dataset: ImageDataset, out: str | P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,20 +130,34 @@ def write_eda_files(summary: DatasetSummary, dataset: ImageDataset, out: str | P
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
 
-    rng = np.random.default_rng(seed)
-    n = len(dataset.class_names)
-    fig, axes = plt.subplots(n, samples_per_class, figsize=(samples_per_class * 1.3, n * 1.3), squeeze=False)
-    for c, row in enumerate(axes):
+    written.append(out / "samples.png")
+    _sample_grid(dataset, samples_per_class, np.random.default_rng(seed)).save(written[-1])
+    return written
+
+
+def _sample_grid(dataset: ImageDataset, samples_per_class: int, rng: np.random.Generator, thumb: int = 64):
+    """One row per class: its name, then up to ``samples_per_class`` random images of it.
+
+    Drawn with Pillow: matplotlib takes seconds to lay out the 72 small axes of 18 classes.
+    """
+    from PIL import Image, ImageDraw, ImageOps
+
+    cell = thumb + 4
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = 8 + int(max(measure.textlength(name) for name in dataset.class_names))
+    grid = Image.new("RGB", (label_width + samples_per_class * cell, dataset.num_classes * cell), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, name in enumerate(dataset.class_names):
+        top = c * cell + 2
+        draw.text((4, top + thumb // 2 - 6), name, fill="black")
         members = np.flatnonzero(dataset.labels == c)
         picks = rng.choice(members, size=min(len(members), samples_per_class), replace=False) if len(members) else []
-        for j, ax in enumerate(row):
-            ax.axis("off")
-            if j < len(picks):
-                with Image.open(dataset.paths[picks[j]]) as img:
-                    ax.imshow(img.convert("RGB"))
-        row[0].set_title(dataset.class_names[c], fontsize=6, loc="left")
-    fig.tight_layout()
-    written.append(out / "samples.png")
-    fig.savefig(written[-1], dpi=80)
-    plt.close(fig)
-    return written
+        for j, i in enumerate(picks):
+            left = label_width + j * cell + 2
+            try:
+                with Image.open(dataset.paths[i]) as img:
+                    picture = ImageOps.contain(img.convert("RGB"), (thumb, thumb))  # whole photo, aspect kept
+                grid.paste(picture, (left + (thumb - picture.width) // 2, top + (thumb - picture.height) // 2))
+            except OSError:  # eda describes broken data too; the summary counts it as unreadable
+                draw.text((left + 2, top + thumb // 2 - 6), "unreadable", fill="red")
+    return grid

@@ -9,7 +9,9 @@ Memory is released after every trial, so a long study does not grow.
 from __future__ import annotations
 
 import gc
+import os
 import resource
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -57,6 +59,7 @@ class Objective:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for crash forensics
 
         fold_f1: list[float] = []
         fold_accuracy: list[float] = []
@@ -136,12 +139,21 @@ class Objective:
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            # The classic too-large batch: try once more at half the batch, accumulating two
-            # micro-batches per update so the optimiser sees the same effective batch.
-            release_memory(self.device)
-            trial.set_user_attr("oom_retry", f"fold {fold + 1}: out of memory at batch {params.batch_size}; "
-                                             f"retried at {max(1, params.batch_size // 2)} x 2 accumulation")
+            first = f"{type(e).__name__}: {e}"
+        # The classic too-large batch: try once more at half the batch, accumulating two
+        # micro-batches per update so the optimiser sees the same effective batch. The retry runs
+        # outside the except clause: the exception's traceback holds the failed attempt's tensors.
+        release_memory(self.device)
+        half = max(1, params.batch_size // 2)
+        trial.set_user_attr("oom_retry", f"fold {fold + 1}: out of memory at batch {params.batch_size}; "
+                                         f"retried at {half} x 2 accumulation")
+        try:
             return train_fold(params, fold_data, accumulation=2, **kwargs)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            raise RuntimeError(f"out of memory in fold {fold + 1} at batch {params.batch_size}, and again at "
+                               f"{half} x 2 accumulation; lower batch_size or image_size ({first[:500]})") from e
 
 
 def release_memory(device: torch.device) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from maskopt.errors import MaskoptError, SpaceError
 
 SPACE_ATTR = "maskopt_space"
 OBJECTIVE_NAME = "macro F1"
+SAMPLER_SEED_STRIDE = 1_000
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -71,6 +73,10 @@ def counted_trials(study: optuna.Study) -> int:
     return count
 
 
+def _has_waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 def setup_torch(device: str, threads: int | None = None):
     """The torch device for ``auto``, ``cpu`` or ``cuda``, with threads and cuDNN set up.
 
@@ -89,62 +95,49 @@ def setup_torch(device: str, threads: int | None = None):
     return torch.device(device)
 
 
-def run_search(
+@dataclass(frozen=True)
+class OpenedSearch:
+    """A search made ready: space fitted to the dataset, data decoded, study in the storage."""
+
+    space: object  # SearchSpace
+    data: object  # PreparedData
+    study: optuna.Study
+    storage_url: str
+    notes: tuple[str, ...]
+
+
+def open_search(
     space,
     *,
-    n_trials: int,
     storage_url: str | None = None,
     data: str | Path | None = None,
     study_name: str | None = None,
     seed: int | None = None,
-    timeout: float | None = None,
-    device: str = "auto",
+    exclude_broken: bool | None = None,
     cache_dir: str | Path | None = None,
-    threads: int | None = None,
     heartbeat_interval: int | None = 30,
+    worker_index: int = 0,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
-) -> SearchResult:
-    """Create or resume the study of ``space`` and run trials until it holds ``n_trials``.
+) -> OpenedSearch:
+    """Check the space and the data, decode the images once, then create or load the study.
 
-    Args:
-        space: A ``SearchSpace`` (see ``load_space``).
-        n_trials: The study's total across all runs and workers; a rerun continues to it.
-        storage_url: SQLAlchemy URL; None means the SQLite file ``maskopt.db`` here.
-        data: Dataset path, overriding the space's ``study.data``.
-        study_name: Overrides the space's ``study.name``.
-        seed: Overrides the space's ``study.seed``.
-        timeout: Stop starting trials after this many seconds.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        cache_dir: Decoded-image cache folder.
-        threads: CPU threads for torch (default: every core; see ``setup_torch``).
-        heartbeat_interval: Seconds between worker heartbeats (None: off); a trial whose worker
-            stops beating is marked FAIL and re-run by another worker.
-        show_progress: Progress bars for trials and epochs.
-        log: Where per-trial lines and notes go.
-
-    Raises:
-        MaskoptError: Invalid data or space, unreachable storage, a study created from a
-            different space.
-        SearchInterrupted: Ctrl-C or SIGTERM; the running trial is marked FAIL.
+    Everything that can be wrong with the space or the data is found before the storage is
+    touched. Arguments are those of ``run_search``.
     """
-    import torch
-
     from maskopt.search.data import prepare_data
     from maskopt.search.dataset import load_dataset
-    from maskopt.search.objective import Objective
     from maskopt.search.pruning import build_pruner, build_sampler
     from maskopt.search.space import Choice, Constant
-    from maskopt.storage import create_or_load_study, open_storage, redact, resolve_url
+    from maskopt.storage import create_or_load_study, open_storage, resolve_url
 
-    overrides = {k: v for k, v in {"data": str(data) if data else None, "name": study_name, "seed": seed}.items()
-                 if v is not None}
+    overrides = {"data": str(data) if data else None, "name": study_name, "seed": seed,
+                 "exclude_broken": exclude_broken}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     space = dataclasses.replace(space, study=dataclasses.replace(space.study, **overrides))
     settings = space.study
     if settings.data is None:
         raise SpaceError(f"{space.source}: no dataset: set study.data in the space or pass --data")
-    if n_trials < 1:
-        raise MaskoptError(f"--trials must be at least 1, got {n_trials}")
 
     dataset = load_dataset(settings.data, layout=settings.layout, corrections=settings.corrections,
                            exclude_broken=settings.exclude_broken)
@@ -160,11 +153,74 @@ def run_search(
 
     url = resolve_url(storage_url)
     storage = open_storage(url, heartbeat_interval=heartbeat_interval)
+    # Each finished trial gets its own line from maskopt, failures with their reason; Optuna's
+    # INFO lines and its tracebacks for failed trials would only repeat them.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Workers seeded alike would draw the same random start-up points; the index tells them apart.
+    sampler_seed = settings.seed + SAMPLER_SEED_STRIDE * worker_index
     study = create_or_load_study(storage=storage, study_name=settings.name, direction="maximize",
-                                 sampler=build_sampler(settings.sampler, seed=settings.seed),
+                                 sampler=build_sampler(settings.sampler, seed=sampler_seed),
                                  pruner=build_pruner(settings))
     _bind_space(study, space)
+    return OpenedSearch(space, data_ready, study, url, notes)
 
+
+def run_search(
+    space,
+    *,
+    n_trials: int,
+    storage_url: str | None = None,
+    data: str | Path | None = None,
+    study_name: str | None = None,
+    seed: int | None = None,
+    exclude_broken: bool | None = None,
+    timeout: float | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    threads: int | None = None,
+    heartbeat_interval: int | None = 30,
+    worker_index: int = 0,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Create or resume the study of ``space`` and run trials until it holds ``n_trials``.
+
+    Args:
+        space: A ``SearchSpace`` (see ``load_space``).
+        n_trials: The study's total across all runs and workers; a rerun continues to it.
+        storage_url: SQLAlchemy URL; None means the SQLite file ``maskopt.db`` here.
+        data: Dataset path, overriding the space's ``study.data``.
+        study_name: Overrides the space's ``study.name``.
+        seed: Overrides the space's ``study.seed``.
+        exclude_broken: Overrides the space's ``study.exclude_broken``.
+        timeout: Stop starting trials after this many seconds.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        cache_dir: Decoded-image cache folder.
+        threads: CPU threads for torch (default: every core; see ``setup_torch``).
+        heartbeat_interval: Seconds between worker heartbeats (None: off); a trial whose worker
+            stops beating is marked FAIL and re-run by another worker.
+        worker_index: This worker's number among those sharing the study (0 alone); it offsets
+            the sampler's seed so that workers do not propose the same start-up trials. Folds
+            and training seeds do not depend on it.
+        show_progress: Progress bars for trials and epochs.
+        log: Where per-trial lines and notes go.
+
+    Raises:
+        MaskoptError: Invalid data or space, unreachable storage, a study created from a
+            different space.
+        SearchInterrupted: Ctrl-C or SIGTERM; the running trial is marked FAIL.
+    """
+    from maskopt.search.objective import Objective
+
+    if n_trials < 1:
+        raise MaskoptError(f"--trials must be at least 1, got {n_trials}")
+    opened = open_search(space, storage_url=storage_url, data=data, study_name=study_name, seed=seed,
+                         exclude_broken=exclude_broken,
+                         cache_dir=cache_dir, heartbeat_interval=heartbeat_interval, worker_index=worker_index,
+                         show_progress=show_progress, log=log)
+    space, data_ready, study, url, notes = (opened.space, opened.data, opened.study, opened.storage_url,
+                                            opened.notes)
+    settings = space.study
     torch_device = setup_torch(device, threads)
 
     from tqdm.auto import tqdm
@@ -185,14 +241,15 @@ def run_search(
             tqdm.write(line)
         else:
             log(line)
-        if counted_trials(study) >= n_trials:
+        if counted_trials(study) >= n_trials and not _has_waiting(study):
             study.stop()
 
     objective = Objective(space=space, data=data_ready, device=torch_device, epoch_bar=epoch_bar if show_progress else None)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         with _sigterm_as_interrupt():
-            if already < n_trials:
+            # Waiting trials (enqueued, or re-queued after a dead worker) count towards the total
+            # already, so they must run even when the count has reached it.
+            if already < n_trials or _has_waiting(study):
                 study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=(Exception,),
                                gc_after_trial=True)
     except KeyboardInterrupt as e:
@@ -202,9 +259,16 @@ def run_search(
     finally:
         trial_bar.close()
 
+    return summary_of(study, url, n_trials, notes)
+
+
+def summary_of(study: optuna.Study, storage_url: str, n_trials: int, notes: tuple[str, ...] = ()) -> SearchResult:
+    """The ``SearchResult`` of a study as it stands in the storage."""
+    from maskopt.storage import redact
+
     top = tuple(TopTrial(t.number, t.value, tuple(t.user_attrs.get("fold_f1", ())), t.params)
                 for t in top_trials(study, 5))
-    return SearchResult(settings.name, redact(url), counted_trials(study), n_trials, top, notes)
+    return SearchResult(study.study_name, redact(storage_url), counted_trials(study), n_trials, top, notes)
 
 
 def _bind_space(study: optuna.Study, space) -> None:
@@ -213,8 +277,9 @@ def _bind_space(study: optuna.Study, space) -> None:
     current = space.to_dict()
     if stored is None:
         study.set_user_attr(SPACE_ATTR, current)
-        study.set_metric_names([OBJECTIVE_NAME])
-        _name_objective_for_dashboard(study)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2; optuna-dashboard reads it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
     elif stored["params"] != current["params"] or _study_part(stored) != _study_part(current):
         raise SpaceError(
             f"study {study.study_name!r} was created from a different search space than {space.source}. "
@@ -224,12 +289,6 @@ def _bind_space(study: optuna.Study, space) -> None:
 def _study_part(space_dict) -> dict:
     # The dataset path may differ between machines of one study; what is trained may not.
     return {k: v for k, v in space_dict["study"].items() if k not in ("data", "name")}
-
-
-def _name_objective_for_dashboard(study: optuna.Study) -> None:
-    from optuna_dashboard import set_objective_names
-
-    set_objective_names(study, [OBJECTIVE_NAME])
 
 
 def top_trials(study: optuna.Study, n: int = 5) -> list[optuna.trial.FrozenTrial]:

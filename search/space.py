@@ -295,7 +295,30 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
         v.fail("study.warmup_epochs", settings.warmup_epochs, "0 or more")
     if not settings.name.strip():
         v.fail("study.name", settings.name, "a non-empty name")
+    _check_components_build(v, settings)
     return settings
+
+
+def _check_components_build(v: _Validator, settings: StudySettings) -> None:
+    """Build the sampler and pruner once, so option values their constructors refuse (a
+    percentile of 200, a string count) are reported here, before any storage is touched."""
+    import warnings
+
+    import optuna
+
+    from maskopt.search.pruning import build_pruner, build_sampler
+
+    builders = {"sampler": lambda: build_sampler(settings.sampler, seed=settings.seed),
+                "pruner": lambda: build_pruner(settings)}
+    for key, build in builders.items():
+        component = getattr(settings, key)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                build()
+        except (TypeError, ValueError) as e:
+            v.fail(f"study.{key}", {"name": component.name, **component.kwargs()},
+                   f"options the {component.name} {key} accepts ({e})")
 
 
 def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], kind: str) -> Component:

@@ -1,4 +1,4 @@
-"""Shared fixtures: fresh PostgreSQL databases on the local server.
+"""Shared fixtures: fresh PostgreSQL databases on the local server; one CPU thread per process.
 
 The server and the `maskopt` role come from scripts/start-postgres (run by `make test`). Tests
 that need PostgreSQL skip, saying why, when no server can be reached. MASKOPT_TEST_POSTGRES_URL
@@ -15,6 +15,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Tests start worker subprocesses beside the pytest process on a 2-core machine; torch threads
+# that outnumber the cores spin-wait and run tens of times slower. One thread each, everywhere.
+os.environ.setdefault("MASKOPT_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
 POSTGRES_ADMIN_URL = os.environ.get(
     "MASKOPT_TEST_POSTGRES_URL",
     "postgresql+psycopg2://maskopt:maskopt-test-pw@127.0.0.1:5432/maskopt_test",

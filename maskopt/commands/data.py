@@ -39,3 +39,89 @@ def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: i
     click.echo(f"  train images per class 0..17: {' '.join(str(c) for c in counts)} (smallest {min(counts)})")
     click.echo("Next:")
     click.echo(f"  maskopt search --space spaces/demo.yaml --data {shlex.quote(str(summary.out))}")
+
+
+@click.command("eda")
+@click.argument("data", type=click.Path())
+@click.option("--layout", type=click.Choice(["auto", "competition", "csv", "folders"]), default="auto",
+              show_default=True, help="Dataset layout.")
+@click.option("--corrections", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Label-corrections CSV (id,fix; competition only).")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write summary.json and PNG plots (class counts, ages, sample images) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
+def eda(data: str, layout: str, corrections: str | None, out: str | None, as_json: bool) -> None:
+    """Summarise the dataset DATA before tuning on it.
+
+    Shows groups (persons) and images, images per class, mask/gender/age counts, the class
+    imbalance, an age histogram, image sizes and extensions, and what reading the data skipped,
+    corrected or excluded. Persons with problems are left out and listed, not fatal, so one run
+    shows every problem.
+
+    \b
+    Example:
+      maskopt eda demo-data --out eda/
+      maskopt eda DATA --corrections corrections/mask-competition.csv --json
+    """
+    import json
+
+    from maskopt.search.dataset import load_dataset
+    from maskopt.search.eda import summarise_dataset, write_eda_files
+
+    dataset = load_dataset(data, layout=layout, corrections=corrections, exclude_broken=True)
+    summary = summarise_dataset(dataset)
+    written = write_eda_files(summary, dataset, out) if out is not None else []
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    for line in _eda_lines(summary):
+        click.echo(line)
+    if written:
+        click.echo(f"\nWrote {', '.join(p.name for p in written)} to {out}")
+
+
+def _eda_lines(summary) -> list[str]:
+    """The summary as text lines that fit 80 columns (paths in notes may run longer)."""
+    import textwrap
+
+    unit = "persons" if summary.layout == "competition" else "groups"
+    lines = [f"Dataset {summary.root} ({summary.layout} layout)",
+             f"  {summary.groups} {unit}, {summary.images} images, {len(summary.class_names)} classes", ""]
+
+    counts = summary.class_counts
+    name_width = min(24, max(len(n) for n in summary.class_names))
+    cells = [f"{i:>3} {name[:name_width]:<{name_width}} {count:>6}"
+             for i, (name, count) in enumerate(zip(summary.class_names, counts))]
+    # Two columns when they fit in 80, so the 18 competition classes take nine lines.
+    columns = 2 if 2 * len(cells[0]) + 4 <= 80 else 1
+    per_column = -(-len(cells) // columns)
+    lines.append("Images per class:")
+    for row in range(per_column):
+        lines.append("  " + "    ".join(cells[row + c * per_column] for c in range(columns)
+                                        if row + c * per_column < len(cells)).rstrip())
+    nonzero = [c for c in counts if c]
+    lines.append(f"Imbalance ratio (largest / smallest non-empty class): {summary.imbalance_ratio}"
+                 + (f"  ({max(nonzero)} / {min(nonzero)})" if nonzero else ""))
+    empty = [i for i, c in enumerate(counts) if not c]
+    if empty:
+        lines.append(f"Empty classes: {', '.join(str(i) for i in empty)}")
+
+    if summary.task_counts:
+        lines += ["", "Per task (images):"]
+        for task, task_counts in summary.task_counts.items():
+            lines.append(f"  {task:<7}" + ", ".join(f"{name} {count}" for name, count in task_counts.items()))
+
+    if summary.age_histogram:
+        lines += ["", f"Age ({unit}):"]
+        top = max(summary.age_histogram.values()) or 1
+        for label, count in summary.age_histogram.items():
+            lines.append(f"  {label:>6} {count:>5} {'#' * round(40 * count / top)}".rstrip())
+
+    lines += ["", "Image sizes: " + ", ".join(f"{size} ({n})" for size, n in summary.image_sizes.items()),
+              "Extensions:  " + ", ".join(f"{ext or '(none)'} ({n})" for ext, n in summary.extensions.items())]
+    if summary.notes:
+        lines += ["", "Notes:"]
+        for note in summary.notes:
+            lines += textwrap.wrap(note, width=78, initial_indent="- ", subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False)
+    return lines

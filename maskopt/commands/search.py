@@ -26,11 +26,19 @@ from maskopt.commands.options import storage_option
               help="CPU threads for training  [env: MASKOPT_THREADS; default: every core]")
 @click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds between worker heartbeats; a silent worker's trial is re-run.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine (one per GPU when GPUs are present).")
+@click.option("--worker-index", type=click.IntRange(min=0), default=0, show_default=True,
+              help="This process's index among workers sharing the study (on several machines, give each "
+                   "a different one): it offsets the sampler's seed so workers do not repeat start-up trials.")
+@click.option("--exclude-broken", is_flag=True, default=None,
+              help="Leave out persons with missing or unreadable images (with a note) instead of failing.")
 @click.option("--no-export", is_flag=True,
               help="Do not retrain and export the best trial when the total is reached.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 def search(space_path, trials, data, storage, study_name, timeout, device, seed, cache_dir, threads,
-           heartbeat_interval, no_export, quiet):
+           heartbeat_interval, workers, worker_index,
+           exclude_broken, no_export, quiet):
     """Run (or resume) a pruned, person-grouped k-fold study from a YAML space.
 
     The study lives in the storage (a SQLite file maskopt.db here by default); running the
@@ -44,13 +52,19 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
     """
     from maskopt.search.runner import SearchInterrupted, run_search
     from maskopt.search.space import load_space
+    from maskopt.search.workers import run_workers
 
     space = load_space(space_path)
-    log = (lambda line: None) if quiet else click.echo
+    log = _quiet_log if quiet else click.echo
+    common = dict(n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed, timeout=timeout,
+                  exclude_broken=exclude_broken,
+                  device=device, cache_dir=cache_dir, threads=threads, heartbeat_interval=heartbeat_interval, worker_index=worker_index,
+                  log=log)
     try:
-        result = run_search(space, n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed,
-                            timeout=timeout, device=device, cache_dir=cache_dir, threads=threads,
-                            heartbeat_interval=heartbeat_interval, show_progress=not quiet, log=log)
+        if workers > 1:
+            result = run_workers(space, n_workers=workers, **common)
+        else:
+            result = run_search(space, show_progress=not quiet, **common)
     except SearchInterrupted as e:
         click.echo(f"\n{e}", err=True)
         sys.exit(130)
@@ -64,6 +78,12 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
     exported = export_best(storage_url=storage, study_name=result.study_name, data=data, force=True, device=device, threads=threads,
                            cache_dir=cache_dir, progress=not quiet)
     click.echo(echo_export(exported))
+
+
+def _quiet_log(line: str) -> None:
+    """With --quiet, warnings still reach the user (on stderr); progress lines do not."""
+    if line.startswith("warning:"):
+        click.echo(line, err=True)
 
 
 def summarise(result) -> str:

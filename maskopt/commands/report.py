@@ -1,0 +1,31 @@
+"""``maskopt report``."""
+
+from __future__ import annotations
+
+import click
+
+from maskopt.commands.options import storage_option
+
+
+@click.command()
+@storage_option
+@click.option("--study", "study_name", help="Study name (may be omitted when the storage holds one study).")
+@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write.")
+@click.option("--solution", type=click.Path(dir_okay=False),
+              help="A solution file (ImageID,ans): score the exported submission.csv against it.")
+def report(storage, study_name, out, solution):
+    """Write a self-contained HTML report of a study.
+
+    One file, no network needed to open it: trials by state, best macro F1 and its per-fold
+    spread, time and compute saved by pruning, Optuna's plots, the top 10 trials, the best
+    trial's confusion matrices, and the exported model.
+
+    \b
+    Example:
+      maskopt report --study demo --out demo-report.html --solution demo-data/eval/solution.csv
+    """
+    from maskopt.search.report import write_report
+
+    path = write_report(storage_url=storage, study_name=study_name, out=out, solution=solution)
+    click.echo(f"wrote {path}")

@@ -1,0 +1,642 @@
+"""A study as one self-contained HTML page: numbers, Optuna's plots, the best trial's errors.
+
+``write_report`` reads a study and writes a single file that opens anywhere, with no network:
+plotly.js is inlined once in the page head and every figure draws with it. Sections:
+
+- at a glance: trials by state, best macro F1 with its per-fold spread, time spent, compute
+  saved by pruning (epochs trained against ``folds * epochs`` for every finished trial);
+- Optuna's plots: optimisation history, parameter importances, parallel coordinates, slices,
+  intermediate values (each skipped, with a sentence saying why, when the study cannot have it);
+- the top 10 trials with their parameters and per-fold scores;
+- the best trial's out-of-fold confusion matrix (18x18, plus mask / gender / age matrices and
+  F1 for the competition's classes);
+- the exported model, if any, and its score on a solution file when one is given.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from maskopt.errors import DataError, ExportError, MaskoptError
+from maskopt.search import labels as L
+
+TOP_N = 10
+PLOT_CONFIG = {"displaylogo": False, "responsive": True,
+               "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
+_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+TASKS = (("mask", L.MASK_NAMES, lambda c: c // 6), ("gender", L.GENDER_NAMES, lambda c: (c // 3) % 2),
+         ("age", L.AGE_NAMES, lambda c: c % 3))
+
+
+def write_report(*, storage_url: str | None, study_name: str | None = None, out: str | Path = "report.html",
+                 solution: str | Path | None = None) -> Path:
+    """Write the HTML report of a study.
+
+    Args:
+        storage_url: The study storage (None: ``maskopt.db`` here). Opened read-only in spirit:
+            a missing SQLite file is an error, not a new empty database.
+        study_name: The study; may be omitted when the storage holds one study.
+        out: The HTML file to write (its folder is created). Written to a temporary file that
+            is renamed into place, so a failed report never leaves half a page.
+        solution: A competition solution file (``ImageID,ans``); the study's exported
+            ``submission.csv`` is scored against it.
+
+    Returns:
+        The path written.
+
+    Raises:
+        StorageError: No such storage or study.
+        ExportError: ``solution`` is missing or malformed, or the export's submission does not
+            match it.
+
+    Example:
+        >>> write_report(storage_url="sqlite:///maskopt.db", study_name="demo", out="demo.html")
+        PosixPath('demo.html')
+    """
+    from maskopt.storage import load_existing_study, open_storage, redact, resolve_url
+
+    if solution is not None and not Path(solution).is_file():
+        raise ExportError(f"solution file {solution} does not exist; give the competition's solution.csv "
+                          f"(ImageID,ans) with --solution, or leave it out")
+    url = resolve_url(storage_url)
+    storage = open_storage(url, heartbeat_interval=None, create=False)
+    study = load_existing_study(storage=storage, study_name=study_name)
+    facts = _Facts.of(study)
+    export = _export_section(study, solution)  # scores first: a bad solution file fails before writing
+    page = _page(study, facts, redact(url), export)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+# --- facts --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the page says about the study, computed once."""
+
+    trials: list[FrozenTrial]
+    by_state: dict[str, int]
+    stopped_early: int  # COMPLETE trials a per-fold pruner stopped before their last fold
+    space: dict | None
+    folds: int | None
+    epochs: int | None
+    top: list[FrozenTrial]
+    params: list[str]  # searched parameters, in the order they were suggested
+    compute_seconds: float
+    wall_seconds: float | None
+    epochs_trained: int | None
+    epochs_full: int | None
+    counted_trials: int
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        return self.top[0] if self.top else None
+
+    @property
+    def complete(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE]
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> _Facts:
+        from maskopt.search.runner import SPACE_ATTR, top_trials
+
+        trials = study.get_trials(deepcopy=False)
+        by_state = {s.name: sum(t.state == s for t in trials) for s in _STATES}
+        space = study.user_attrs.get(SPACE_ATTR)
+        settings = (space or {}).get("study", {})
+        folds, epochs = settings.get("folds"), settings.get("epochs")
+        params: list[str] = []
+        for t in trials:
+            params += [p for p in t.params if p not in params]
+        starts = [t.datetime_start for t in trials if t.datetime_start]
+        ends = [t.datetime_complete for t in trials if t.datetime_complete]
+        # Compute saved by pruning: finished trials only (a failed trial stopped for another reason).
+        trained = full = counted = 0
+        for t in trials:
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "epochs_trained" in t.user_attrs:
+                trained += int(t.user_attrs["epochs_trained"])
+                counted += 1
+        if folds and epochs and counted:
+            full = counted * folds * epochs
+        return cls(
+            trials=trials, by_state=by_state,
+            stopped_early=sum(t.state == TrialState.COMPLETE and "pruned_after_folds" in t.user_attrs for t in trials),
+            space=space, folds=folds, epochs=epochs, top=top_trials(study, TOP_N), params=params,
+            compute_seconds=float(sum(t.user_attrs.get("seconds", 0.0) or 0.0 for t in trials)),
+            wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
+            epochs_trained=trained if full else None, epochs_full=full or None, counted_trials=counted,
+        )
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+def _page(study: optuna.Study, facts: _Facts, url: str, export: str) -> str:
+    from plotly.offline import get_plotlyjs
+
+    sections = [
+        ("history", "Optimisation history", _plot_section(_history_figure, study, facts)),
+        ("importance", "Parameter importances", _plot_section(_importance_figure, study, facts)),
+        ("parallel", "Parallel coordinates", _plot_section(_parallel_figure, study, facts)),
+        ("slice", "Slice plots", _slice_section(study, facts)),
+        ("intermediate", "Intermediate values", _plot_section(_intermediate_figure, study, facts)),
+        ("top", f"Top {TOP_N} trials", _top_table(facts)),
+        ("best", "Best trial: out-of-fold errors", _best_section(study, facts)),
+        ("export", "Exported model", export),
+    ]
+    nav = "".join(f'<a href="#{key}">{html.escape(title.split(":")[0])}</a>' for key, title, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{content}</section>'
+                   for key, title, content in sections)
+    generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(study.study_name)} · maskopt report</title>
+<style>{_CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head>
+<body>
+<header class="top">
+  <div class="wrap">
+    <div class="brand">maskopt report</div>
+    <h1>{_e(study.study_name)}</h1>
+    <div class="sub">{_e(url)} · {_settings_line(facts)} · generated {_e(generated)}</div>
+    <nav>{nav}</nav>
+  </div>
+</header>
+<main class="wrap">
+{_glance(facts, study)}
+{body}
+</main>
+<footer class="wrap">maskopt · optuna {_e(optuna.__version__)} · one self-contained file, no network needed</footer>
+</body>
+</html>
+"""
+
+
+def _settings_line(facts: _Facts) -> str:
+    if not facts.space:
+        return "no maskopt search space stored with this study"
+    s = facts.space["study"]
+    parts = [f"{_count(s.get('folds'), 'fold')} × {_count(s.get('epochs'), 'epoch')}"]
+    for key in ("sampler", "pruner"):
+        value = s.get(key)
+        if isinstance(value, dict):
+            value = value.get("name")
+        if value:
+            parts.append(f"{key} {value}")
+    return _e(" · ".join(parts))
+
+
+def _glance(facts: _Facts, study: optuna.Study) -> str:
+    total = len(facts.trials)
+    chips = "".join(f'<span class="chip {s.lower()}">{n} {s.lower()}</span>'
+                    for s, n in facts.by_state.items() if n)
+    if facts.stopped_early:
+        chips += (f'<span class="chip pruned" title="complete trials that the per-fold pruner stopped before their '
+                  f'last fold; they are left out of the ranking">{facts.stopped_early} stopped early</span>')
+    tiles = [_tile("Trials", str(total), chips or "none yet")]
+
+    best = facts.best
+    if best is not None:
+        fold_f1 = [float(v) for v in best.user_attrs.get("fold_f1", [])]
+        if fold_f1:
+            spread = (f"± {np.std(fold_f1):.4f} over {len(fold_f1)} folds "
+                      f"(min {min(fold_f1):.4f}, max {max(fold_f1):.4f})")
+        else:
+            spread = "no per-fold scores recorded"
+        tiles.append(_tile("Best macro F1", f"{best.value:.4f}", f"trial {best.number} · {spread}", accent=True))
+    else:
+        tiles.append(_tile("Best macro F1", "–", "no trial has finished every fold yet"))
+
+    wall = f"{_duration(facts.wall_seconds)} from first start to last finish" if facts.wall_seconds else "no trial finished yet"
+    tiles.append(_tile("Time spent", _duration(facts.compute_seconds), f"training time of all trials · {wall}"))
+
+    if facts.epochs_full:
+        saved = 1 - facts.epochs_trained / facts.epochs_full
+        detail = (f"{facts.epochs_trained:,} epochs trained, of the {facts.epochs_full:,} that running all "
+                  f"{facts.counted_trials} finished trials to the end would take "
+                  f"({_count(facts.folds, 'fold')} × {_count(facts.epochs, 'epoch')} each)")
+        pruner = facts.space["study"].get("pruner")
+        if (pruner.get("name") if isinstance(pruner, dict) else pruner) == "none":
+            detail += "; this study has no pruner"
+        tiles.append(_tile("Compute saved by pruning", f"{saved:.0%}", detail))
+    else:
+        why = "no stored search space" if not facts.space else "no finished trial yet"
+        tiles.append(_tile("Compute saved by pruning", "–", why))
+    return f'<section class="glance">{"".join(tiles)}</section>'
+
+
+def _tile(label: str, value: str, detail: str, accent: bool = False) -> str:
+    return (f'<div class="tile{" accent" if accent else ""}"><div class="label">{_e(label)}</div>'
+            f'<div class="value">{_e(value)}</div><div class="detail">{detail if "<span" in detail else _e(detail)}</div></div>')
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+class _Skip(Exception):
+    """A plot the study cannot have yet; the message says why, in a sentence."""
+
+
+def _plot_section(make_figure, study: optuna.Study, facts: _Facts) -> str:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            figure = make_figure(study, facts)
+    except _Skip as e:
+        return _skipped(str(e))
+    return _figure_html(figure, make_figure.__name__.strip("_").replace("_figure", ""))
+
+
+def _figure_html(figure, key: str, height: int | None = None, css: str = "plot", modebar: bool = True) -> str:
+    height = height or figure.layout.height or 420
+    # The look of plotly_white, set directly: assigning a whole template costs more than the plot.
+    figure.update_layout(title=None, height=height, width=None, autosize=True, plot_bgcolor="#fff",
+                         paper_bgcolor="#fff", margin=dict(l=70, r=30, t=30 if modebar else 12, b=50),
+                         font=dict(family=_FONT, size=12, color="#2a3f5f"))
+    grid = dict(gridcolor="#ebf0f8", zerolinecolor="#ebf0f8", linecolor="#ebf0f8")
+    figure.update_xaxes(**grid)
+    figure.update_yaxes(**grid)
+    config = {**PLOT_CONFIG, "displayModeBar": "hover" if modebar else False}
+    div = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{key}", config=config)
+    return f'<div class="{css}" data-plot="{_e(key)}">{div}</div>'
+
+
+def _skipped(sentence: str) -> str:
+    return f'<p class="skipped">{_e(sentence)}</p>'
+
+
+def _need_complete(facts: _Facts, n: int = 1) -> None:
+    if len(facts.complete) < n:
+        have = len(facts.complete)
+        raise _Skip(f"This needs at least {n} complete trial{'s' if n > 1 else ''}; the study has {have}"
+                    f"{' (every finished trial was pruned)' if not have and facts.by_state['PRUNED'] else ''}.")
+
+
+def _history_figure(study, facts):
+    from maskopt.search.runner import OBJECTIVE_NAME
+
+    _need_complete(facts)
+    figure = optuna.visualization.plot_optimization_history(study, target_name=OBJECTIVE_NAME)
+    if len(facts.trials) <= 15:
+        figure.update_xaxes(dtick=1)  # no half trials on the axis
+    return figure
+
+
+def _importance_figure(study, facts):
+    from maskopt.search.runner import OBJECTIVE_NAME
+
+    _need_complete(facts, 2)
+    varying = [p for p in facts.params
+               if len({json.dumps(t.params.get(p), default=str) for t in facts.complete}) > 1]
+    if not varying:
+        raise _Skip("Importances need complete trials whose parameters differ; every complete trial has the same ones.")
+    try:
+        figure = optuna.visualization.plot_param_importances(study, params=varying, target_name=OBJECTIVE_NAME)
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise _Skip(f"Optuna could not estimate importances from {len(facts.complete)} complete trials ({e}); "
+                    f"run more trials.") from e
+    figure.update_layout(height=max(200, 90 + 34 * len(varying)))  # bars of one height, however many
+    return figure
+
+
+def _parallel_figure(study, facts):
+    from maskopt.search.runner import OBJECTIVE_NAME
+
+    _need_complete(facts)
+    if not facts.params:
+        raise _Skip("The study searches no parameter.")
+    return optuna.visualization.plot_parallel_coordinate(study, target_name=OBJECTIVE_NAME)
+
+
+def _intermediate_figure(study, facts):
+    if not any(t.intermediate_values for t in facts.trials):
+        raise _Skip("No trial has reported an intermediate value yet.")
+    figure = optuna.visualization.plot_intermediate_values(study)
+    figure.update_layout(yaxis_title="running mean macro F1", xaxis_title="step (fold × epochs + epoch, or fold)")
+    return figure
+
+
+def _slice_section(study: optuna.Study, facts: _Facts) -> str:
+    from maskopt.search.runner import OBJECTIVE_NAME
+
+    try:
+        _need_complete(facts)
+    except _Skip as e:
+        return _skipped(str(e))
+    if not facts.params:
+        return _skipped("The study searches no parameter.")
+    cells = []
+    for name in facts.params:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            figure = optuna.visualization.plot_slice(study, params=[name], target_name=OBJECTIVE_NAME)
+        figure.update_traces(marker=dict(showscale=False))
+        figure.update_layout(xaxis_title=name, yaxis_title=None)
+        cells.append(_figure_html(figure, f"slice-{name}", height=280, css="plot small", modebar=False))
+    return (f'<p class="hint">{_e(OBJECTIVE_NAME)} of each complete trial against one parameter; '
+            f'darker points are later trials.</p><div class="grid">{"".join(cells)}</div>')
+
+
+# --- top trials ---------------------------------------------------------------------------------
+
+
+def _top_table(facts: _Facts) -> str:
+    if not facts.top:
+        return _skipped("No trial has finished every fold yet, so there is nothing to rank.")
+    n_folds = max([facts.folds or 0] + [len(t.user_attrs.get("fold_f1", ())) for t in facts.top])
+    head = (["#", "trial", "macro F1"] + [f"fold {k + 1}" for k in range(n_folds)] + ["± std", "time", "img/s"]
+            + facts.params)
+    rows = []
+    for rank, t in enumerate(facts.top, start=1):
+        folds = [float(v) for v in t.user_attrs.get("fold_f1", [])]
+        cells = [str(rank), str(t.number), f'<b>{t.value:.4f}</b>']
+        cells += [f"{folds[k]:.4f}" if k < len(folds) else "" for k in range(n_folds)]
+        cells += [f"{np.std(folds):.4f}" if folds else "", _duration(t.user_attrs.get("seconds")),
+                  f"{t.user_attrs.get('images_per_second', 0):,.0f}"]
+        row = "".join(f"<td>{c}</td>" for c in cells)
+        row += "".join(f'<td class="param">{_e(_short(t.params.get(p, "")))}</td>' for p in facts.params)
+        rows.append(f"<tr>{row}</tr>")
+    header = "".join(f'<th class="{"param" if i >= len(head) - len(facts.params) else ""}">{_e(h)}</th>'
+                     for i, h in enumerate(head))
+    return (f'<div class="scroll"><table class="data top"><thead><tr>{header}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>'
+            f'<p class="hint">Complete trials that ran every fold, best first; macro F1 is the mean over folds.</p>')
+
+
+# --- best trial: confusion matrices -------------------------------------------------------------
+
+
+def _best_section(study: optuna.Study, facts: _Facts) -> str:
+    best = facts.best
+    if best is None:
+        return _skipped("No complete trial yet.")
+    confusion = best.user_attrs.get("confusion")
+    if not confusion:
+        return _skipped(f"Trial {best.number} has no out-of-fold predictions recorded (no `confusion` attribute).")
+    matrix = np.asarray(confusion, dtype=np.int64)
+    n = len(matrix)
+    competition = n == L.NUM_CLASSES and _is_competition(study, facts)
+    names = list(L.class_names()) if competition else _class_names(study, facts, n)
+    f1 = _per_class_f1(matrix)
+    present = matrix.sum(0) + matrix.sum(1) > 0
+    summary = (f"Trial {best.number}: every training image predicted by the fold model that did not train on it "
+               f"({int(matrix.sum()):,} images). Out-of-fold macro F1 {np.mean(f1[present]):.4f}, "
+               f"accuracy {np.trace(matrix) / max(1, matrix.sum()):.4f}.")
+    parts = [f'<p class="hint">{_e(summary)}</p>',
+             '<h3>All classes</h3>', _matrix_table(matrix, names, f1=f1, compact=n > 6)]
+    if competition:
+        tasks = []
+        for task, task_names, of in TASKS:
+            block = np.zeros((len(task_names), len(task_names)), dtype=np.int64)
+            for i in range(n):
+                for j in range(n):
+                    block[of(i), of(j)] += matrix[i, j]
+            task_f1 = _per_class_f1(block)
+            keep = block.sum(0) + block.sum(1) > 0
+            tasks.append(f'<div class="task"><h4>{_e(task)} <span class="score">F1 {np.mean(task_f1[keep]):.4f}</span></h4>'
+                         f'{_matrix_table(block, list(task_names), f1=task_f1, compact=False)}</div>')
+        parts[1:1] = ["<h3>Per task: mask, gender, age (blocks of the matrix below, summed)</h3>",
+                      f'<div class="tasks">{"".join(tasks)}</div>']
+    parts.append('<p class="hint">Rows: true class; columns: predicted class. Shade: share of the row '
+                 '(the recall of the diagonal). F1 per class on the right.</p>')
+    return "".join(parts)
+
+
+def _is_competition(study: optuna.Study, facts: _Facts) -> bool:
+    from maskopt.search.export import EXPORT_ATTR
+
+    record = study.user_attrs.get(EXPORT_ATTR) or {}
+    config = _export_config(record)
+    if config.get("layout"):
+        return config["layout"] == "competition"
+    settings = (facts.space or {}).get("study", {})
+    layout = settings.get("layout", "auto")
+    if layout != "auto":
+        return layout == "competition"
+    data = settings.get("data")
+    if data and Path(data).exists():
+        from maskopt.search.dataset import detect_layout
+
+        try:
+            return detect_layout(Path(data)) == "competition"
+        except MaskoptError:
+            pass
+    return True  # 18 classes and nothing says otherwise: the competition's
+
+
+def _class_names(study: optuna.Study, facts: _Facts, n: int) -> list[str]:
+    """Class names from the export's config or the study's dataset, else ``class <i>``."""
+    from maskopt.search.export import EXPORT_ATTR
+
+    config = _export_config(study.user_attrs.get(EXPORT_ATTR) or {})
+    if len(config.get("class_names") or ()) == n:
+        return list(config["class_names"])
+    settings = (facts.space or {}).get("study", {})
+    if settings.get("data") and Path(settings["data"]).exists():
+        from maskopt.search.dataset import load_dataset
+
+        try:
+            dataset = load_dataset(settings["data"], layout=settings.get("layout", "auto"))
+            if dataset.num_classes == n:
+                return list(dataset.class_names)
+        except (DataError, MaskoptError, OSError):
+            pass
+    return [f"class {i}" for i in range(n)]
+
+
+def _export_config(record: dict) -> dict:
+    from maskopt.search.export import CONFIG_FILE
+
+    path = Path(record["path"]) / CONFIG_FILE if record.get("path") else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _per_class_f1(matrix: np.ndarray) -> np.ndarray:
+    tp = np.diag(matrix).astype(float)
+    denominator = matrix.sum(0) + matrix.sum(1)
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+
+
+def _matrix_table(matrix: np.ndarray, names: list[str], *, f1: np.ndarray, compact: bool) -> str:
+    rows_total = matrix.sum(1)
+    head = "".join(f'<th class="col" title="predicted: {_e(name)}">{i if compact else _e(name)}</th>'
+                   for i, name in enumerate(names))
+    body = []
+    for i, name in enumerate(names):
+        cells = []
+        for j, count in enumerate(matrix[i]):
+            share = count / rows_total[i] if rows_total[i] else 0.0
+            colour = "22, 163, 74" if i == j else "220, 38, 38"
+            style = f"background: rgba({colour}, {0.08 + 0.8 * share:.2f});" if count else ""
+            if count and share > 0.55:
+                style += " color: #fff;"
+            title = f"true {name} → predicted {names[j]}: {count} ({share:.0%} of the row)"
+            cells.append(f'<td style="{style}" title="{_e(title)}">{count if count else "·"}</td>')
+        label = f"{i} · {name}" if compact else name
+        body.append(f'<tr><th class="row">{_e(label)}</th>{"".join(cells)}'
+                    f'<td class="f1">{f1[i]:.2f}</td><td class="n">{rows_total[i]}</td></tr>')
+    return (f'<div class="scroll"><table class="matrix{" compact" if compact else ""}"><thead><tr>'
+            f'<th class="corner">true ↓ · predicted →</th>{head}<th class="f1">F1</th><th class="n">n</th></tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def _export_section(study: optuna.Study, solution: str | Path | None) -> str:
+    from maskopt.search.export import EXPORT_ATTR, SUBMISSION_FILE, score_submission
+
+    record = study.user_attrs.get(EXPORT_ATTR)
+    if not record:
+        text = "No model has been exported from this study yet (maskopt export-best)."
+        if solution is not None:
+            text += f" The solution file {solution} was not used: there is no submission to score."
+        return _skipped(text)
+    path = Path(record.get("path", ""))
+    rows = [("folder", f"<code>{_e(str(path))}</code>" + ("" if path.is_dir() else
+                                                           ' <span class="warn">not found on this machine</span>')),
+            ("trial", _e(str(record.get("trial")))),
+            ("cross-validated macro F1", _e(f"{record['cv_macro_f1']:.4f}") if record.get("cv_macro_f1") is not None else "–"),
+            ("models", _e(", ".join(record.get("models", [])))),
+            ("test-time augmentation", "flip" if record.get("tta") else "none")]
+    submission = path / SUBMISSION_FILE
+    if submission.is_file():
+        rows.append(("submission", f"<code>{_e(str(submission))}</code>"))
+    extra = ""
+    if solution is not None:
+        if not submission.is_file():
+            extra = _skipped(f"The solution file {solution} was not used: the export has no {SUBMISSION_FILE} "
+                             f"at {submission}.")
+        else:
+            score = score_submission(submission, solution)
+            tasks = " · ".join(f"{k} {v:.4f}" for k, v in score.task_f1.items())
+            rows += [("score on solution", f'<b>macro F1 {score.macro_f1:.4f}</b> · accuracy {score.accuracy:.4f} '
+                                           f'· {score.count:,} images <span class="muted">({_e(str(solution))})</span>'),
+                     ("per-task F1", _e(tasks))]
+    table = "".join(f'<tr><th>{_e(k)}</th><td>{v}</td></tr>' for k, v in rows)
+    return f'<table class="data kv"><tbody>{table}</tbody></table>{extra}'
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _count(n, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _duration(seconds) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "–"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+_FONT = "Inter, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+_CSS = """
+:root { --ink: #1f2937; --muted: #6b7280; --line: #e5e7eb; --bg: #f6f7fb; --card: #fff;
+        --accent: #4f46e5; --good: #16a34a; --bad: #dc2626; --warn: #b45309; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--ink);
+       font: 14px/1.5 """ + _FONT + """; }
+.wrap { max-width: 1200px; margin: 0 auto; padding: 0 24px; }
+header.top { background: linear-gradient(120deg, #312e81, #4f46e5 60%, #6366f1); color: #fff;
+             padding: 28px 0 0; margin-bottom: 24px; }
+header .brand { text-transform: uppercase; letter-spacing: .12em; font-size: 11px; opacity: .75; }
+header h1 { margin: 4px 0 6px; font-size: 28px; font-weight: 650; }
+header .sub { opacity: .85; font-size: 13px; }
+header nav { display: flex; flex-wrap: wrap; gap: 4px; margin-top: 18px; }
+header nav a { color: #fff; text-decoration: none; padding: 8px 12px; border-radius: 8px 8px 0 0;
+               font-size: 13px; opacity: .85; }
+header nav a:hover { background: rgba(255,255,255,.15); opacity: 1; }
+section { background: var(--card); border: 1px solid var(--line); border-radius: 12px;
+          padding: 20px 24px; margin-bottom: 20px; box-shadow: 0 1px 2px rgba(16,24,40,.04); }
+section h2 { margin: 0 0 14px; font-size: 18px; font-weight: 650; }
+section h3 { margin: 18px 0 8px; font-size: 14px; font-weight: 600; }
+section.glance { display: grid; grid-template-columns: repeat(auto-fit, minmax(240px, 1fr)); gap: 16px;
+                 background: none; border: 0; box-shadow: none; padding: 0; }
+.tile { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 16px 18px; }
+.tile.accent { border-color: #c7d2fe; background: linear-gradient(180deg, #eef2ff, #fff); }
+.tile .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .06em; }
+.tile .value { font-size: 30px; font-weight: 700; margin: 4px 0; font-variant-numeric: tabular-nums; }
+.tile.accent .value { color: var(--accent); }
+.tile .detail { color: var(--muted); font-size: 12.5px; }
+.chip { display: inline-block; padding: 1px 8px; margin: 2px 4px 0 0; border-radius: 999px; font-size: 12px;
+        background: #f3f4f6; color: var(--ink); }
+.chip.complete { background: #dcfce7; color: #166534; } .chip.pruned { background: #fef3c7; color: #92400e; }
+.chip.fail { background: #fee2e2; color: #991b1b; } .chip.running { background: #dbeafe; color: #1e40af; }
+.plot { width: 100%; min-height: 120px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 12px; }
+.grid .plot { border: 1px solid var(--line); border-radius: 8px; overflow: hidden; }
+.skipped { color: var(--muted); font-style: italic; background: #f9fafb; border-left: 3px solid #d1d5db;
+           padding: 10px 14px; margin: 0; border-radius: 0 6px 6px 0; }
+.hint { color: var(--muted); font-size: 12.5px; margin: 6px 0 10px; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+table.data { width: 100%; font-size: 13px; }
+table.data th, table.data td { padding: 7px 10px; border-bottom: 1px solid var(--line); text-align: right;
+                               white-space: nowrap; }
+table.data thead th { color: var(--muted); font-weight: 600; font-size: 12px; background: #f9fafb;
+                      position: sticky; top: 0; }
+table.data th.param, table.data td.param { text-align: left; }
+table.data tbody tr:nth-child(even) { background: #fafafa; }
+table.data tbody tr:hover { background: #eef2ff; }
+table.kv { width: auto; }
+table.kv th { text-align: left; color: var(--muted); font-weight: 500; padding-right: 24px; }
+table.kv td { text-align: left; white-space: normal; }
+code { background: #f3f4f6; padding: 1px 6px; border-radius: 4px; font-size: 12.5px; }
+.warn { color: var(--warn); font-size: 12px; margin-left: 6px; }
+.muted { color: var(--muted); }
+.tasks { display: flex; flex-wrap: wrap; gap: 28px; }
+.task h4 { margin: 4px 0 8px; font-size: 13px; text-transform: capitalize; }
+.task h4 .score { color: var(--accent); font-weight: 700; margin-left: 6px; }
+table.matrix { font-size: 12px; }
+table.matrix th, table.matrix td { border: 1px solid #eef0f3; padding: 4px 7px; text-align: center; min-width: 30px; }
+table.matrix.compact td { padding: 3px 4px; min-width: 26px; }
+table.matrix th.row { text-align: left; font-weight: 500; white-space: nowrap; background: #f9fafb; }
+table.matrix th.col { background: #f9fafb; font-weight: 600; }
+table.matrix th.corner { font-weight: 500; color: var(--muted); font-size: 11px; background: #fff; white-space: nowrap; }
+table.matrix td.f1 { font-weight: 600; color: var(--accent); border-left: 2px solid var(--line); }
+table.matrix td.n, table.matrix th.n { color: var(--muted); }
+footer { color: var(--muted); font-size: 12px; padding: 8px 24px 32px; text-align: center; }
+"""

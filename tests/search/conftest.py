@@ -1,0 +1,88 @@
+"""Fixtures for the search, space and export tests: one tiny demo dataset, tiny spaces, one cache.
+
+Everything here is sized for a shared 2-core CPU: 20 persons at 32 px, the smallest backbone
+(mobilenetv3_small_050 trains a 32 px batch about twice as fast as resnet10t with one thread),
+2 folds and few epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+BACKBONE = "mobilenetv3_small_050"
+
+# The params of a tiny trial; tests override what they search.
+TINY_PARAMS = {
+    "backbone": BACKBONE,
+    "lr": 0.01,
+    "weight_decay": 0.01,
+    "batch_size": 16,
+    "freeze_depth": 0,
+    "sampler": "uniform",
+    "aug_strength": 0.0,
+    "loss": "ce",
+    "optimizer": "adamw",
+    "image_size": 32,
+    "age_old": 60,
+    "head": "single",
+}
+TINY_STUDY = {
+    "name": "tiny",
+    "folds": 2,
+    "epochs": 1,
+    "seed": 0,
+    "sampler": "tpe",
+    "pruner": "none",
+    "warmup_epochs": 0.0,
+    "amp": False,
+    "channels_last": False,
+}
+
+
+def tiny_space_dict(*, study: dict | None = None, params: dict | None = None) -> dict:
+    """A space as a dict: ``TINY_STUDY`` / ``TINY_PARAMS`` updated with ``study`` / ``params``."""
+    return {"study": {**TINY_STUDY, **(study or {})}, "params": {**TINY_PARAMS, **(params or {})}}
+
+
+@pytest.fixture(scope="session")
+def space_dict():
+    """``space_dict(study=..., params=...) -> dict``: the tiny space with some keys changed."""
+    return tiny_space_dict
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The demo dataset every test here reads (and none may change): 20 + 6 persons at 32 px."""
+    from maskopt.search.demo_data import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo") / "demo-data"
+    make_demo_data(out, persons=20, eval_persons=6, size=32, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One decoded-image cache for the session, so each size is decoded once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def write_space(tmp_path):
+    """``write_space(name="space.yaml", study=..., params=..., raw=None) -> Path``.
+
+    Writes a tiny space (updated with ``study`` and ``params``) as YAML, or ``raw`` as given
+    (a dict dumped to YAML, or a string written as is).
+    """
+
+    def write(name: str = "space.yaml", *, study: dict | None = None, params: dict | None = None, raw=None) -> Path:
+        path = tmp_path / name
+        if raw is None:
+            raw = tiny_space_dict(study=study, params=params)
+        path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(copy.deepcopy(raw), sort_keys=False))
+        return path
+
+    return write

@@ -1,0 +1,156 @@
+"""Many workers on one study: PostgreSQL and SQLite, crashes, signals.
+
+Every worker here is a real `maskopt search` process (what a user starts on each machine),
+training a real timm model on a tiny demo dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+SPACE = """\
+study: {{name: {name}, folds: 2, epochs: {epochs}, seed: 0, pruner: none, sampler: random}}
+params:
+  backbone: mobilenetv3_small_050
+  image_size: 32
+  batch_size: 32
+  lr: {{low: 1.0e-3, high: 1.0e-2, log: true}}
+  head: [single, multi]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from maskopt.search.demo_data import make_demo_data
+
+    root = tmp_path_factory.mktemp("workers") / "data"
+    make_demo_data(root, persons=10, eval_persons=2, size=32, seed=0)
+    return root
+
+
+def write_space(tmp_path: Path, name: str, epochs: int = 1) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPACE.format(name=name, epochs=epochs))
+    return path
+
+
+def start_worker(space: Path, data: Path, storage: str, trials: int, cache: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, MASKOPT_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "maskopt", "search", "--space", str(space), "--data", str(data),
+           "--storage", storage, "--trials", str(trials), "--cache-dir", str(cache), "--no-export", "--quiet", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    return out
+
+
+def load(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def wait_for_running_trial(storage: str, name: str, pid: int, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """The RUNNING trial of worker ``pid`` once it has one (the worker stamps host:pid)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for t in load(storage, name).get_trials(states=(TrialState.RUNNING,)):
+                if t.user_attrs.get("worker", "").endswith(f":{pid}"):
+                    return t
+        except KeyError:  # the study does not exist yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"worker {pid} never ran a trial")
+
+
+def test_four_workers_started_together_on_a_fresh_postgres_share_the_total(
+        fresh_postgres_url, tiny_data, tmp_path):
+    space = write_space(tmp_path, "shared")
+    # Started at the same instant on an empty database: the schema and study creation race.
+    workers = [start_worker(space, tiny_data, fresh_postgres_url, 12, tmp_path / "cache", "--worker-index", str(i))
+               for i in range(4)]
+    outputs = [finish(w) for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out
+    trials = load(fresh_postgres_url, "shared").get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 12
+    assert len(trials) == 12, [t.state for t in trials]  # no FAIL, nothing past the total
+    assert len({t.number for t in finished}) == 12
+    assert len({t.user_attrs["worker"] for t in finished}) >= 2  # the work was actually shared
+    # Differently seeded samplers: the workers did not all propose the same start-up point.
+    assert len({round(t.params["lr"], 12) for t in finished}) == 12
+
+
+def test_sigkill_mid_trial_is_retried_by_another_worker(fresh_postgres_url, tiny_data, tmp_path):
+    space = write_space(tmp_path, "crash", epochs=3)
+    cache = tmp_path / "cache"
+    beat = ("--heartbeat-interval", "1")
+    victim = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, *beat)
+    doomed = wait_for_running_trial(fresh_postgres_url, "crash", victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    time.sleep(2.5)  # past the grace period (twice the interval), so the next trial start sees it stale
+    survivor = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, "--worker-index", "1", *beat)
+    out = finish(survivor)
+    assert survivor.returncode == 0, out
+
+    trials = {t.number: t for t in load(fresh_postgres_url, "crash").get_trials()}
+    assert trials[doomed.number].state == TrialState.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == doomed.number]
+    assert len(retries) == 1
+    assert retries[0].params == doomed.params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    finished = [t for t in trials.values() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5  # the killed trial does not use up the total
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_resumes(tiny_data, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'term.db'}"
+    space = write_space(tmp_path, "term", epochs=3)
+    worker = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
+    running = wait_for_running_trial(storage, "term", worker.pid)
+    worker.send_signal(signal.SIGTERM)
+    out = finish(worker, timeout=60)
+    assert worker.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    assert load(storage, "term").get_trials()[running.number].state == TrialState.FAIL
+
+    rerun = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
+    assert finish(rerun) and rerun.returncode == 0
+    trials = load(storage, "term").get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1  # only the interrupted one
+
+
+def test_two_local_workers_on_sqlite(tiny_data, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'two.db'}"
+    space = write_space(tmp_path, "two")
+    process = start_worker(space, tiny_data, storage, 4, tmp_path / "cache", "--workers", "2")
+    out = finish(process)
+    assert process.returncode == 0, out
+    assert "SQLite serialises writes" in out  # the warning that points to PostgreSQL, even with --quiet
+    trials = load(storage, "two").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_unreachable_storage_gives_one_paragraph_without_the_password(tiny_data, tmp_path):
+    space = write_space(tmp_path, "down")
+    process = start_worker(space, tiny_data, "postgresql://maskopt:s3cret-pw@127.0.0.1:1/maskopt", 1,
+                           tmp_path / "cache")
+    out = finish(process, timeout=60)
+    assert process.returncode == 1
+    assert out.startswith("Error:") or "\nError:" in out
+    assert "s3cret-pw" not in out
+    assert "Traceback" not in out
