@@ -23,7 +23,7 @@ $(VENV)/.test-extras: $(BIN)/maskopt
 venv-test: $(VENV)/.test-extras
 
 demo: venv
-	$(BIN)/maskopt make-demo-data $(DEMO_DATA)
+	@if [ -d $(DEMO_DATA) ]; then echo "$(DEMO_DATA)/ exists: reusing it"; else $(BIN)/maskopt make-demo-data $(DEMO_DATA); fi
 	$(BIN)/maskopt search --space spaces/demo.yaml --data $(DEMO_DATA) --trials $(DEMO_TRIALS)
 	$(BIN)/maskopt score exports/demo/submission.csv $(DEMO_DATA)/eval/solution.csv
 

@@ -1,0 +1,69 @@
+"""The README cannot drift from the code: every `maskopt` command it shows must parse.
+
+Each command line in the README's code blocks is resolved to its click command, and every option
+it uses must be one that command accepts. What the commands do is exercised by the other tests
+and by `make demo`; the files the README names must exist.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from maskopt.cli import COMMANDS, cli
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def readme_commands() -> list[list[str]]:
+    blocks = re.findall(r"```(?:sh)?\n(.*?)```", README, flags=re.S)
+    commands = []
+    for block in blocks:
+        text = block.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("maskopt "):
+                commands.append(shlex.split(line))
+    return commands
+
+
+COMMAND_LINES = readme_commands()
+
+
+def test_the_readme_shows_commands():
+    used = {argv[1] for argv in COMMAND_LINES}
+    assert {"search", "export-best", "predict", "score", "dashboard", "studies", "eda", "report"} <= used
+
+
+@pytest.mark.parametrize("argv", COMMAND_LINES, ids=[" ".join(a[:2]) for a in COMMAND_LINES])
+def test_readme_command_parses(argv):
+    name = argv[1]
+    assert name in COMMANDS, f"README uses unknown command {name!r}"
+    command = cli.get_command(None, name)
+    accepted = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+    for token in argv[2:]:
+        if token.startswith("--"):
+            option = token.split("=", 1)[0]
+            assert option in accepted, f"`{' '.join(argv)}`: {name} has no option {option}"
+
+
+def test_files_named_in_the_readme_exist():
+    for path in ("spaces/demo.yaml", "spaces/full.yaml", "spaces/baseline.yaml", "corrections/mask-competition.csv",
+                 "BENCHMARKS.md", "scripts/start-postgres"):
+        assert path in README
+        assert (ROOT / path).exists(), path
+
+
+def test_readme_space_keys_are_the_real_ones():
+    import dataclasses
+
+    from maskopt.search.space import PARAMS, StudySettings
+
+    for key in PARAMS:
+        assert f"| `{key}` |" in README, f"params key {key} is not documented in the README"
+    for field in dataclasses.fields(StudySettings):
+        assert f"| `{field.name}` |" in README, f"study key {field.name} is not documented in the README"
