@@ -6,7 +6,7 @@ DEMO_DATA ?= demo-data
 DEMO_TRIALS ?= 12
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test venv venv-test postgres bench clean
+.PHONY: demo test venv venv-test postgres chromium bench clean
 
 $(BIN)/maskopt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ demo: venv
 postgres:
 	scripts/start-postgres
 
-test: venv-test postgres
+chromium:
+	scripts/install-chromium
+
+test: venv-test postgres chromium
 	$(BIN)/python -m pytest -q
 
 bench: venv

@@ -15,12 +15,14 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import optuna
 import torch
 
 from maskopt.search.data import PreparedData
+from maskopt.search.notes import record_trial_note
 from maskopt.search.pruning import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
 from maskopt.search.training import NonFiniteLoss, TrainingData, is_out_of_memory, train_fold
@@ -39,13 +41,15 @@ class Objective:
         space: The (layout-adjusted) search space.
         data: The prepared dataset.
         device: Where to train.
-        epoch_bar: A factory ``(total) -> tqdm`` for the per-trial epoch bar, or None.
+        epoch_bar: A factory ``(total, trial number) -> tqdm`` for the epoch bar, or None.
+        artifact_dir: Where trial artifacts (confusion-matrix images) go; None: notes only.
     """
 
     space: SearchSpace
     data: PreparedData
     device: torch.device
     epoch_bar: object = None
+    artifact_dir: str | Path | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.space.suggest(trial)
@@ -113,7 +117,9 @@ class Objective:
                         record(pruned_after_folds=fold + 1)
                         return float(np.mean(fold_f1))
             scored = out_of_fold >= 0
-            record(confusion=_confusion(dataset.labels[scored], out_of_fold[scored], dataset.num_classes))
+            confusion = _confusion(dataset.labels[scored], out_of_fold[scored], dataset.num_classes)
+            record(confusion=confusion)
+            self._note(trial, params, fold_f1, fold_accuracy, time.perf_counter() - started, speeds, confusion)
             return float(np.mean(fold_f1))
         except optuna.TrialPruned as pruned:
             record(prune_reason=str(pruned))
@@ -128,6 +134,16 @@ class Objective:
             if bar is not None:
                 bar.close()
             release_memory(self.device)
+
+    def _note(self, trial, params: TrialParams, fold_f1, fold_accuracy, seconds, speeds, confusion) -> None:
+        """The dashboard note and confusion-matrix artifact; a failure here must not fail the trial."""
+        try:
+            record_trial_note(trial, params=params.as_dict(), fold_f1=fold_f1, fold_accuracy=fold_accuracy,
+                              seconds=seconds, images_per_second=float(np.mean(speeds)) if speeds else 0.0,
+                              class_names=self.data.dataset.class_names, confusion=confusion,
+                              artifact_dir=self.artifact_dir)
+        except Exception as e:  # a full disk or an unwritable artifact folder: keep the trial's score
+            trial.set_user_attr("note_error", f"{type(e).__name__}: {e}"[:500])
 
     def _fit_fold(self, trial, params: TrialParams, fold_data: TrainingData, fold: int, on_epoch, bar):
         settings = self.space.study

@@ -28,7 +28,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from maskopt.errors import DataError, ExportError, MaskoptError
+from maskopt.errors import ExportError, MaskoptError
 from maskopt.search import labels as L
 
 TOP_N = 10
@@ -57,6 +57,7 @@ def write_report(*, storage_url: str | None, study_name: str | None = None, out:
 
     Raises:
         StorageError: No such storage or study.
+        MaskoptError: The study has several objectives.
         ExportError: ``solution`` is missing or malformed, or the export's submission does not
             match it.
 
@@ -72,6 +73,9 @@ def write_report(*, storage_url: str | None, study_name: str | None = None, out:
     url = resolve_url(storage_url)
     storage = open_storage(url, heartbeat_interval=None, create=False)
     study = load_existing_study(storage=storage, study_name=study_name)
+    if len(study.directions) != 1:
+        raise MaskoptError(f"study {study.study_name!r} has {len(study.directions)} objectives; maskopt report "
+                           f"covers single-objective studies (such as those `maskopt search` makes)")
     facts = _Facts.of(study)
     export = _export_section(study, solution)  # scores first: a bad solution file fails before writing
     page = _page(study, facts, redact(url), export)
@@ -213,7 +217,7 @@ def _glance(facts: _Facts, study: optuna.Study) -> str:
     if facts.stopped_early:
         chips += (f'<span class="chip pruned" title="complete trials that the per-fold pruner stopped before their '
                   f'last fold; they are left out of the ranking">{facts.stopped_early} stopped early</span>')
-    tiles = [_tile("Trials", str(total), chips or "none yet")]
+    tiles = [_tile("Trials", str(total), chips or _e("none yet"), detail_is_html=True)]
 
     best = facts.best
     if best is not None:
@@ -227,7 +231,8 @@ def _glance(facts: _Facts, study: optuna.Study) -> str:
     else:
         tiles.append(_tile("Best macro F1", "–", "no trial has finished every fold yet"))
 
-    wall = f"{_duration(facts.wall_seconds)} from first start to last finish" if facts.wall_seconds else "no trial finished yet"
+    wall = (f"{_duration(facts.wall_seconds)} from first start to last finish" if facts.wall_seconds
+            else "no trial finished yet")
     tiles.append(_tile("Time spent", _duration(facts.compute_seconds), f"training time of all trials · {wall}"))
 
     if facts.epochs_full:
@@ -245,9 +250,10 @@ def _glance(facts: _Facts, study: optuna.Study) -> str:
     return f'<section class="glance">{"".join(tiles)}</section>'
 
 
-def _tile(label: str, value: str, detail: str, accent: bool = False) -> str:
+def _tile(label: str, value: str, detail: str, *, accent: bool = False, detail_is_html: bool = False) -> str:
     return (f'<div class="tile{" accent" if accent else ""}"><div class="label">{_e(label)}</div>'
-            f'<div class="value">{_e(value)}</div><div class="detail">{detail if "<span" in detail else _e(detail)}</div></div>')
+            f'<div class="value">{_e(value)}</div>'
+            f'<div class="detail">{detail if detail_is_html else _e(detail)}</div></div>')
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -413,7 +419,8 @@ def _best_section(study: optuna.Study, facts: _Facts) -> str:
                     block[of(i), of(j)] += matrix[i, j]
             task_f1 = _per_class_f1(block)
             keep = block.sum(0) + block.sum(1) > 0
-            tasks.append(f'<div class="task"><h4>{_e(task)} <span class="score">F1 {np.mean(task_f1[keep]):.4f}</span></h4>'
+            score = f'<span class="score">F1 {np.mean(task_f1[keep]):.4f}</span>'
+            tasks.append(f'<div class="task"><h4>{_e(task)} {score}</h4>'
                          f'{_matrix_table(block, list(task_names), f1=task_f1, compact=False)}</div>')
         parts[1:1] = ["<h3>Per task: mask, gender, age (blocks of the matrix below, summed)</h3>",
                       f'<div class="tasks">{"".join(tasks)}</div>']
@@ -459,7 +466,7 @@ def _class_names(study: optuna.Study, facts: _Facts, n: int) -> list[str]:
             dataset = load_dataset(settings["data"], layout=settings.get("layout", "auto"))
             if dataset.num_classes == n:
                 return list(dataset.class_names)
-        except (DataError, MaskoptError, OSError):
+        except (MaskoptError, OSError):
             pass
     return [f"class {i}" for i in range(n)]
 
@@ -521,7 +528,8 @@ def _export_section(study: optuna.Study, solution: str | Path | None) -> str:
     rows = [("folder", f"<code>{_e(str(path))}</code>" + ("" if path.is_dir() else
                                                            ' <span class="warn">not found on this machine</span>')),
             ("trial", _e(str(record.get("trial")))),
-            ("cross-validated macro F1", _e(f"{record['cv_macro_f1']:.4f}") if record.get("cv_macro_f1") is not None else "–"),
+            ("cross-validated macro F1",
+             _e(f"{record['cv_macro_f1']:.4f}") if record.get("cv_macro_f1") is not None else "–"),
             ("models", _e(", ".join(record.get("models", [])))),
             ("test-time augmentation", "flip" if record.get("tta") else "none")]
     submission = path / SUBMISSION_FILE
@@ -535,8 +543,8 @@ def _export_section(study: optuna.Study, solution: str | Path | None) -> str:
         else:
             score = score_submission(submission, solution)
             tasks = " · ".join(f"{k} {v:.4f}" for k, v in score.task_f1.items())
-            rows += [("score on solution", f'<b>macro F1 {score.macro_f1:.4f}</b> · accuracy {score.accuracy:.4f} '
-                                           f'· {score.count:,} images <span class="muted">({_e(str(solution))})</span>'),
+            rows += [("score on solution", f'<b>macro F1 {score.macro_f1:.4f}</b> · accuracy {score.accuracy:.4f} · '
+                                           f'{score.count:,} images <span class="muted">({_e(str(solution))})</span>'),
                      ("per-task F1", _e(tasks))]
     table = "".join(f'<tr><th>{_e(k)}</th><td>{v}</td></tr>' for k, v in rows)
     return f'<table class="data kv"><tbody>{table}</tbody></table>{extra}'
@@ -635,7 +643,8 @@ table.matrix th, table.matrix td { border: 1px solid #eef0f3; padding: 4px 7px; 
 table.matrix.compact td { padding: 3px 4px; min-width: 26px; }
 table.matrix th.row { text-align: left; font-weight: 500; white-space: nowrap; background: #f9fafb; }
 table.matrix th.col { background: #f9fafb; font-weight: 600; }
-table.matrix th.corner { font-weight: 500; color: var(--muted); font-size: 11px; background: #fff; white-space: nowrap; }
+table.matrix th.corner { font-weight: 500; color: var(--muted); font-size: 11px; background: #fff;
+                         white-space: nowrap; }
 table.matrix td.f1 { font-weight: 600; color: var(--accent); border-left: 2px solid var(--line); }
 table.matrix td.n, table.matrix th.n { color: var(--muted); }
 footer { color: var(--muted); font-size: 12px; padding: 8px 24px 32px; text-align: center; }

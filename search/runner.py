@@ -178,6 +178,7 @@ def run_search(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     threads: int | None = None,
+    artifact_dir: str | Path | None = None,
     heartbeat_interval: int | None = 30,
     worker_index: int = 0,
     show_progress: bool = True,
@@ -197,6 +198,8 @@ def run_search(
         device: ``auto``, ``cpu`` or ``cuda``.
         cache_dir: Decoded-image cache folder.
         threads: CPU threads for torch (default: every core; see ``setup_torch``).
+        artifact_dir: Folder for trial artifacts (confusion-matrix images shown by
+            optuna-dashboard); None: notes only.
         heartbeat_interval: Seconds between worker heartbeats (None: off); a trial whose worker
             stops beating is marked FAIL and re-run by another worker.
         worker_index: This worker's number among those sharing the study (0 alone); it offsets
@@ -244,7 +247,8 @@ def run_search(
         if counted_trials(study) >= n_trials and not _has_waiting(study):
             study.stop()
 
-    objective = Objective(space=space, data=data_ready, device=torch_device, epoch_bar=epoch_bar if show_progress else None)
+    objective = Objective(space=space, data=data_ready, device=torch_device,
+                          epoch_bar=epoch_bar if show_progress else None, artifact_dir=artifact_dir)
     try:
         with _sigterm_as_interrupt():
             # Waiting trials (enqueued, or re-queued after a dead worker) count towards the total

@@ -39,8 +39,8 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
         worker_index: Index of the first worker; workers get consecutive indices. On several
             machines, give each machine's first index past the previous machine's workers.
         log: Where the parent's and workers' lines go (workers' lines are prefixed).
-        **search_kwargs: Other ``run_search`` arguments (data, study_name, seed, timeout,
-            cache_dir, heartbeat_interval).
+        **search_kwargs: Other ``run_search`` arguments (data, study_name, seed, exclude_broken,
+            timeout, cache_dir, artifact_dir, heartbeat_interval).
 
     Raises:
         SearchInterrupted: Ctrl-C or SIGTERM; each worker marked its running trial FAIL.
@@ -54,7 +54,8 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
         log("warning: SQLite serialises writes, so several workers wait on each other and may see "
             "'database is locked'. For many workers, or workers on several machines, use PostgreSQL: "
             "--storage postgresql://USER:PASSWORD@HOST/DB (see README, 'Many workers').")
-    open_kwargs = {k: v for k, v in search_kwargs.items() if k != "timeout"}
+    open_keys = ("data", "study_name", "seed", "exclude_broken", "cache_dir", "heartbeat_interval")
+    open_kwargs = {k: v for k, v in search_kwargs.items() if k in open_keys}
     opened = open_search(space, storage_url=url, log=log, **open_kwargs)
 
     gpus = _gpu_count(device)

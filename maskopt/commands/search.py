@@ -24,6 +24,8 @@ from maskopt.commands.options import storage_option
               help="Decoded-image cache  [env: MASKOPT_CACHE_DIR; default: ~/.cache/maskopt]")
 @click.option("--threads", type=click.IntRange(min=1), envvar="MASKOPT_THREADS",
               help="CPU threads for training  [env: MASKOPT_THREADS; default: every core]")
+@click.option("--artifacts", "artifact_dir", type=click.Path(file_okay=False), default="maskopt-artifacts",
+              show_default=True, help="Folder for trial artifacts (confusion matrices) shown by the dashboard.")
 @click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds between worker heartbeats; a silent worker's trial is re-run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -37,7 +39,7 @@ from maskopt.commands.options import storage_option
               help="Do not retrain and export the best trial when the total is reached.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 def search(space_path, trials, data, storage, study_name, timeout, device, seed, cache_dir, threads,
-           heartbeat_interval, workers, worker_index,
+           artifact_dir, heartbeat_interval, workers, worker_index,
            exclude_broken, no_export, quiet):
     """Run (or resume) a pruned, person-grouped k-fold study from a YAML space.
 
@@ -58,7 +60,8 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
     log = _quiet_log if quiet else click.echo
     common = dict(n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed, timeout=timeout,
                   exclude_broken=exclude_broken,
-                  device=device, cache_dir=cache_dir, threads=threads, heartbeat_interval=heartbeat_interval, worker_index=worker_index,
+                  device=device, cache_dir=cache_dir, threads=threads, artifact_dir=artifact_dir,
+                  heartbeat_interval=heartbeat_interval, worker_index=worker_index,
                   log=log)
     try:
         if workers > 1:

@@ -77,8 +77,8 @@ def test_other_class_counts_and_names(study, tmp_path):
 def test_notes_of_two_trials_stay_apart(study, tmp_path):
     first, second = study.ask(), study.ask()
     record(first, None)
-    record_trial_note(second, params={"lr": 0.5}, fold_f1=[0.1], fold_accuracy=[0.2], seconds=5.0, images_per_second=1.0,
-                      class_names=["a", "b"], confusion=[[1, 0], [0, 1]], artifact_dir=None)
+    record_trial_note(second, params={"lr": 0.5}, fold_f1=[0.1], fold_accuracy=[0.2], seconds=5.0,
+                      images_per_second=1.0, class_names=["a", "b"], confusion=[[1, 0], [0, 1]], artifact_dir=None)
     assert "| lr | `0.5` |" in get_note(second) and "resnet10t" not in get_note(second)
     assert "resnet10t" in get_note(first)
 

@@ -8,6 +8,7 @@ and check that every plot container holds plotly's SVG.
 from __future__ import annotations
 
 import csv
+import html
 import re
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from maskopt.cli import cli
-from maskopt.errors import ExportError, StorageError
+from maskopt.errors import ExportError, MaskoptError, StorageError
 from maskopt.search.export import EXPORT_ATTR, SUBMISSION_FILE
 from maskopt.search.labels import NUM_CLASSES
 from maskopt.search.report import write_report
@@ -102,6 +103,11 @@ def make_study(url: str, *, name: str = "demo", complete: int = 6, pruned: int =
     return study
 
 
+def ranked_trials(study: optuna.Study) -> list:
+    """Complete trials that ran every fold: the ones the report ranks."""
+    return [t for t in study.trials if t.state == TrialState.COMPLETE and "pruned_after_folds" not in t.user_attrs]
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
@@ -154,7 +160,7 @@ def containers(page: str) -> dict[str, bool]:
 def text_of(page: str) -> str:
     """The page's visible text, roughly: tags and the inlined script and style removed."""
     page = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S)
-    return " ".join(re.sub(r"<[^>]+>", " ", page).replace("&amp;", "&").replace("&#x27;", "'").split())
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
 
 def section(page: str, key: str) -> str:
@@ -191,8 +197,7 @@ def test_glance_numbers(full):
     text = text_of(page.split('<section id="history">')[0])
     assert "15 trials" not in text and re.search(r"Trials 15\b", text)
     assert all(chip in text for chip in ("9 complete", "5 pruned", "1 fail", "1 stopped early"))
-    best = max((t for t in study.trials if t.state == TrialState.COMPLETE and "pruned_after_folds" not in t.user_attrs),
-               key=lambda t: t.value)
+    best = max(ranked_trials(study), key=lambda t: t.value)
     assert f"Best macro F1 {best.value:.4f} trial {best.number}" in text
     folds = best.user_attrs["fold_f1"]
     assert f"± {np.std(folds):.4f} over 3 folds" in text and f"min {min(folds):.4f}" in text
@@ -209,8 +214,7 @@ def test_glance_numbers(full):
 def test_top_table_ranks_complete_trials_with_their_folds_and_params(full):
     study, _, page = full
     text = section(page, "top")
-    ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE and "pruned_after_folds" not in t.user_attrs),
-                    key=lambda t: t.value, reverse=True)
+    ranked = sorted(ranked_trials(study), key=lambda t: t.value, reverse=True)
     assert "fold 1 fold 2 fold 3" in text and "backbone" in text and "weight_decay" in text
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td>", page.split('<section id="top">')[1].split("</section>")[0])
     assert [int(trial) for _, trial in rows] == [t.number for t in ranked][:10]
@@ -221,10 +225,9 @@ def test_top_table_ranks_complete_trials_with_their_folds_and_params(full):
 def test_best_trial_confusion_and_task_matrices(full):
     study, _, page = full
     text = section(page, "best")
-    best = max((t for t in study.trials if t.state == TrialState.COMPLETE and "pruned_after_folds" not in t.user_attrs),
-               key=lambda t: t.value)
+    best = max(ranked_trials(study), key=lambda t: t.value)
     matrix = np.asarray(best.user_attrs["confusion"])
-    assert "wear/male/<30" in text.replace("&lt;", "<") and "not wear/female/>=60" in text.replace("&lt;", "<").replace("&gt;", ">")
+    assert "wear/male/<30" in text and "not wear/female/>=60" in text
     # mask task: blocks of 6 classes summed
     mask = np.zeros((3, 3), dtype=int)
     for i in range(18):
@@ -344,6 +347,9 @@ def test_cli_errors(tmp_path):
     assert "No study 'b'" in result.output and "Studies there: a" in result.output
     with pytest.raises(StorageError, match="No study 'b'"):
         write_report(storage_url=url, study_name="b", out=tmp_path / "r.html")
+    optuna.create_study(storage=url, study_name="two", directions=["maximize", "minimize"])
+    with pytest.raises(MaskoptError, match="study 'two' has 2 objectives"):
+        write_report(storage_url=url, study_name="two", out=tmp_path / "r.html")
 
 
 # --- in a browser -------------------------------------------------------------------------------
@@ -355,7 +361,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     binary = shutil.which("chromium")
     if binary is None:
-        pytest.skip("chromium is not on PATH (`make test` installs it: apt-get install -y chromium)")
+        pytest.skip("chromium is not on PATH; `make test` installs it "
+                    "(scripts/install-chromium: apt-get install -y chromium)")
     profile = tmp_path / "chromium-profile"
     profile.mkdir(exist_ok=True)
     return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
@@ -385,46 +392,32 @@ def test_plots_render_in_chromium(full, tmp_path):
 
 # --- a real search ------------------------------------------------------------------------------
 
-TINY_SPACE = """\
-study:
-  name: tiny
-  folds: 2
-  epochs: 1
-  seed: 0
-  sampler: random
-  pruner: none
-  pretrained: false
-  warmup_epochs: 0
-params:
-  backbone: mobilenetv3_small_050
-  lr: {low: 1.0e-3, high: 1.0e-2, log: true}
-  batch_size: 32
-  image_size: 32
-  loss: [ce, label_smoothing]
-"""
-
-
 @pytest.fixture(scope="session")
-def real_study(tmp_path_factory):
-    from maskopt.search.demo_data import make_demo_data
+def real_study(tmp_path_factory, demo_data, cache_dir, space_dict):
+    """A real search of 3 tiny trials on the shared demo data (see conftest.py)."""
+    import yaml
+
     from maskopt.search.runner import run_search
 
     folder = tmp_path_factory.mktemp("real")
-    make_demo_data(folder / "data", persons=16, eval_persons=4, size=32)
-    (folder / "tiny.yaml").write_text(TINY_SPACE)
+    space = folder / "tiny.yaml"
+    space.write_text(yaml.safe_dump(space_dict(params={"lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+                                                       "loss": ["ce", "label_smoothing"]})))
     url = sqlite_url(folder / "study.db")
-    run_search(load_space(folder / "tiny.yaml"), n_trials=3, storage_url=url, data=folder / "data", device="cpu",
-               cache_dir=folder / "cache", threads=1, heartbeat_interval=None, show_progress=False, log=lambda _: None)
-    return folder, url
+    run_search(load_space(space), n_trials=3, storage_url=url, data=demo_data, device="cpu", cache_dir=cache_dir,
+               threads=1, heartbeat_interval=None, show_progress=False, log=lambda _: None)
+    return url
 
 
-def test_report_of_a_real_search(real_study, tmp_path):
-    folder, url = real_study
-    out = write_report(storage_url=url, out=tmp_path / "real.html")
+def test_report_of_a_real_search(real_study, demo_data, tmp_path):
+    from maskopt.search.dataset import load_dataset
+
+    out = write_report(storage_url=real_study, out=tmp_path / "real.html")
     page = out.read_text()
     text = text_of(page)
     assert re.search(r"Trials 3\b", text) and "3 complete" in text
     assert "2 folds × 1 epoch" in text and "this study has no pruner" in text
     assert "0%" in text and "6 epochs trained, of the 6" in text  # no pruner: nothing saved
-    assert "mask F1" in section(page, "best") and "(112 images)" in section(page, "best")
+    images = len(load_dataset(demo_data))  # every training image has one out-of-fold prediction
+    assert "mask F1" in section(page, "best") and f"({images:,} images)" in section(page, "best")
     assert set(containers(page)) == {"history", "importance", "parallel", "intermediate", "slice-lr", "slice-loss"}
