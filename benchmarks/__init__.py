@@ -96,8 +96,10 @@ def setup_threads(threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MASKOPT_THREADS"):
         os.environ[var] = str(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import optuna
     import torch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)

@@ -125,7 +125,7 @@ def pil_side(paths, *, threads: int, seed: int) -> list[float]:
 
 
 def run(cfg: B.Config) -> B.Report:
-    count = 280 if cfg.quick else 1400
+    count = 280 if cfg.quick else 700
     reps = 3 if cfg.quick else 5
     cfg.log(f"writing {count} JPEGs of 384x512 ...")
     paths = make_photos(cfg, count)

@@ -54,10 +54,10 @@ def run(cfg: B.Config) -> B.Report:
     from maskopt.search.space import Component
 
     quick = cfg.quick
-    persons = 60 if quick else 120
-    folds, epochs, image_size = 3, 3 if quick else 4, 32 if quick else 48
-    trials = 12 if quick else 24
-    seeds = [cfg.seed] if quick else [cfg.seed, cfg.seed + 1]
+    persons = 40 if quick else 100
+    folds, epochs, image_size = 3, 3 if quick else 4, 32
+    trials = 10 if quick else 24
+    seeds = [cfg.seed]
     data = B.demo_data(cfg, persons=persons)
     pruned_space = B.benchmark_space(folds=folds, epochs=epochs, image_size=image_size)
     unpruned_space = dataclasses.replace(pruned_space, study=dataclasses.replace(pruned_space.study, pruner=Component("none")))

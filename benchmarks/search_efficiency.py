@@ -90,9 +90,9 @@ def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int)
 
 def run(cfg: B.Config) -> B.Report:
     quick = cfg.quick
-    persons = 60 if quick else 120
-    folds, epochs, image_size = 3, 3 if quick else 4, 32 if quick else 48
-    budget = 50.0 if quick else 300.0
+    persons = 40 if quick else 100
+    folds, epochs, image_size = 3, 3 if quick else 4, 32
+    budget = 30.0 if quick else 300.0
     seeds = [cfg.seed] if quick else [cfg.seed, cfg.seed + 1]
     data = B.demo_data(cfg, persons=persons)
     ours = B.benchmark_space(folds=folds, epochs=epochs, image_size=image_size)

@@ -214,8 +214,8 @@ class _Backends:
 
 
 def run(cfg: B.Config) -> B.Report:
-    total = 48 if cfg.quick else 200
-    reps = 2 if cfg.quick else 3
+    total = 20 if cfg.quick else 100
+    reps = 1 if cfg.quick else 3
     backends = _Backends(cfg)
     names = ["sqlite"] + (["postgresql"] if backends.admin is not None else [])
     report = B.Report(NAME, TITLE, settings={

@@ -7,14 +7,12 @@ are then moved to the batch's device, so one seed gives the same augmentation on
 Typical use in a training step::
 
     augment = BatchAugment(trial_strength, image_size=96)
-    x = augment(images_uint8.float().div_(255), generator)
-    x = normalize(x, mean, std)
+    x = augment(images_uint8.float().div_(255), generator)   # then normalised by the caller
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,26 +122,6 @@ class BatchAugment:
             "erase_top": uniform(0.0, 1.0),
             "erase_left": uniform(0.0, 1.0),
         }
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Normalise a batch per channel: ``(x - mean) / std`` on values in 0..1.
-
-    Args:
-        images: ``[B, 3, H, W]``, either uint8 (0..255, scaled to 0..1 here) or float in 0..1
-            (such as the output of :class:`BatchAugment`).
-        mean: Per-channel mean, on the 0..1 scale (e.g. ``(0.548, 0.504, 0.479)``).
-        std: Per-channel standard deviation, on the 0..1 scale.
-
-    Returns:
-        A float32 tensor on the same device.
-    """
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x.div_(255)
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
 
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ def export_best(
     from maskopt.search.training import mean_std, train_fold, train_full
     from maskopt.storage import load_existing_study, open_storage
 
-    storage = open_storage(storage_url, heartbeat_interval=None)
+    storage = open_storage(storage_url, heartbeat_interval=None, create=False)  # a typo must not make a new file
     study = load_existing_study(storage=storage, study_name=study_name)
     if SPACE_ATTR not in study.user_attrs:
         raise ExportError(f"study {study.study_name!r} was not made by maskopt search (it has no stored search space)")
@@ -123,7 +123,10 @@ def export_best(
 
     from tqdm.auto import tqdm
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    # Stage beside the export, so the final rename stays on one filesystem (the system temp folder
+    # is often another one, where os.replace fails).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         models = []
         if ensemble_folds:

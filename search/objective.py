@@ -22,6 +22,7 @@ import optuna
 import torch
 
 from maskopt.search.data import PreparedData
+from maskopt.search.models import count_parameters
 from maskopt.search.notes import record_trial_note
 from maskopt.search.pruning import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
@@ -102,8 +103,9 @@ class Objective:
                             f"pruned at fold {fold + 1} epoch {epoch + 1}: running mean macro F1 {running:.4f}")
 
                 result, model = self._fit_fold(trial, params, fold_data, fold, on_epoch, bar)
-                trial.set_user_attr("param_count", sum(p.numel() for p in model.parameters()))
-                trial.set_user_attr("trainable_param_count", sum(p.numel() for p in model.parameters() if p.requires_grad))
+                total, trainable = count_parameters(model)
+                trial.set_user_attr("param_count", total)
+                trial.set_user_attr("trainable_param_count", trainable)
                 trial.set_user_attr("freeze_depth_effective", model.freeze_depth)
                 del model
                 fold_f1.append(round(result.best_f1, 6))

@@ -302,8 +302,8 @@ def top_trials(study: optuna.Study, n: int = 5) -> list[optuna.trial.FrozenTrial
     return sorted(complete, key=lambda t: t.value, reverse=True)[:n]
 
 
-def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
-    """One line per finished trial: number, state, F1, time, parameters."""
+def describe_trial(trial: optuna.trial.FrozenTrial, width: int = 80) -> str:
+    """A few lines per finished trial: number, state, F1, time, reason; parameters wrapped below."""
     attrs = trial.user_attrs
     state = trial.state.name
     if trial.value is not None:
@@ -312,10 +312,19 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
         score = f"F1 {np.mean(attrs['fold_f1']):.4f}*"  # mean of the folds it finished
     else:
         score = "F1   -   "
-    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     reason = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
-    line = f"trial {trial.number:>3} {state:<8} {score}  {attrs.get('seconds', 0):6.1f}s  {params}"
-    return line + (f"  ({reason})" if reason and state != "COMPLETE" else "")
+    head = f"trial {trial.number:>3} {state:<8} {score}  {attrs.get('seconds', 0):6.1f}s"
+    if reason and state != "COMPLETE":
+        head += f"  {reason}"
+    return head + "\n" + format_params(trial.params, width=width)
+
+
+def format_params(params: dict, *, width: int = 80, indent: str = "    ") -> str:
+    """``name=value`` pairs wrapped to ``width`` columns."""
+    import textwrap
+
+    text = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
 
 
 def _short(value) -> str:

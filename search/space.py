@@ -391,19 +391,26 @@ def _check_value(v: _Validator, spec: ParamSpec, value, where: str):
 
 
 def _check_registry_names(v: _Validator, dims: dict[str, Dimension]) -> None:
-    import timm
+    """Backbone and optimizer names must be ones timm knows."""
     import timm.optim
 
-    registries = {"backbone": timm.list_models(), "optimizer": timm.optim.list_optimizers()}
-    for name, known in registries.items():
-        dim = dims[name]
-        values = (dim.value,) if isinstance(dim, Constant) else dim.values
-        known_set = set(known)
-        for value in values:
-            if value not in known_set:
-                close = difflib.get_close_matches(value, known, n=5, cutoff=0.6)
-                hint = f"closest: {', '.join(close)}" if close else f"see timm.list_{'models' if name == 'backbone' else 'optimizers'}()"
-                v.fail(f"params.{name}", value, f"a timm {name} name ({hint})")
+    from maskopt.errors import MaskoptError
+    from maskopt.search.models import check_backbone
+
+    for value in _values(dims["backbone"]):
+        try:
+            check_backbone(value)
+        except MaskoptError as e:
+            v.fail("params.backbone", value, f"a timm backbone name ({e})")
+    optimizers = timm.optim.list_optimizers()
+    for value in _values(dims["optimizer"]):
+        if value not in optimizers:
+            close = difflib.get_close_matches(value, optimizers, n=5, cutoff=0.6)
+            v.fail("params.optimizer", value, f"a timm optimizer name ({'closest: ' + ', '.join(close) if close else 'see timm.optim.list_optimizers()'})")
+
+
+def _values(dim: Dimension) -> tuple:
+    return (dim.value,) if isinstance(dim, Constant) else dim.values
 
 
 class _Validator:

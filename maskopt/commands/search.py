@@ -91,14 +91,16 @@ def _quiet_log(line: str) -> None:
 
 def summarise(result) -> str:
     """The end-of-search summary: top trials and where the study lives, at 80 columns."""
+    from maskopt.search.runner import format_params
+
     lines = [f"\nstudy {result.study_name!r}: {result.counted_trials}/{result.total} trials in {result.storage_url}"]
     if not result.top:
         lines.append("no complete trial yet")
         return "\n".join(lines)
-    lines.append(f"{'rank':>4} {'trial':>5} {'macro F1':>8}  {'folds':<20} params")
+    lines.append(f"{'rank':>4} {'trial':>5} {'macro F1':>8}  folds")
     for rank, t in enumerate(result.top, 1):
         folds = " ".join(f"{f:.3f}" for f in t.fold_f1)
-        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        lines.append(f"{rank:>4} {t.number:>5} {t.value:>8.4f}  {folds:<20} {params}")
+        lines.append(f"{rank:>4} {t.number:>5} {t.value:>8.4f}  {folds}")
+        lines.append(format_params(t.params, indent=" " * 6))
     lines.append(f"open the dashboard: maskopt dashboard --storage '{result.storage_url}'")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ Everything here is sized for a shared 2-core CPU: 20 persons at 32 px, the small
 from __future__ import annotations
 
 import copy
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,64 @@ def write_space(tmp_path):
         return path
 
     return write
+
+
+# --- one finished study, shared by the search and export tests ----------------------------------
+
+MAIN_ENQUEUED = (
+    {"lr": 0.01, "loss": "ce"},
+    {"lr": 0.01, "loss": "label_smoothing"},
+    {"lr": 1e-8, "loss": "ce"},  # cannot learn: the median pruner stops it at its first report
+)
+
+
+@dataclass(frozen=True)
+class MainStudy:
+    """What ``maskopt search`` left: a 3-trial study (2 complete, 1 pruned) and its export."""
+
+    root: Path  # the folder the command ran in
+    space_path: Path
+    db: Path
+    url: str
+    data: Path
+    cache_dir: Path
+    export: Path  # exports/main, written by the search when it reached its total
+    output: str
+
+
+@pytest.fixture(scope="session")
+def main_study(tmp_path_factory, demo_data, cache_dir) -> MainStudy:
+    """``maskopt search`` of a 3-trial, 2-fold, 6-epoch study on the demo data, with its export.
+
+    Two trials that learn (the multi head learns the 18 classes from 20 persons far better than
+    one 18-way layer) and one with lr 1e-8, enqueued in this order so that the run is
+    deterministic: the median pruner needs 2 complete trials before it compares.
+    """
+    from click.testing import CliRunner
+
+    from maskopt.cli import cli
+    from maskopt.storage import create_or_load_study, open_storage
+
+    root = tmp_path_factory.mktemp("main")
+    raw = tiny_space_dict(
+        study={"name": "main", "data": str(demo_data), "epochs": 6,
+               "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0}},
+        params={"lr": {"low": 1e-8, "high": 0.1, "log": True}, "loss": ["ce", "label_smoothing"], "head": "multi"},
+    )
+    space_path = root / "main.yaml"
+    space_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    db = root / "main.db"
+    url = f"sqlite:///{db}"
+    study = create_or_load_study(storage=open_storage(url, heartbeat_interval=None), study_name="main")
+    for params in MAIN_ENQUEUED:
+        study.enqueue_trial(params)
+
+    previous = os.getcwd()
+    os.chdir(root)  # the search exports to exports/<study> under the current folder
+    try:
+        result = CliRunner().invoke(cli, ["search", "--space", str(space_path), "--storage", url, "--trials", "3",
+                                          "--device", "cpu", "--cache-dir", str(cache_dir), "--quiet"])
+    finally:
+        os.chdir(previous)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return MainStudy(root, space_path, db, url, demo_data, cache_dir, root / "exports" / "main", result.output)

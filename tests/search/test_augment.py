@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from maskopt.errors import MaskoptError
-from maskopt.search.augment import BatchAugment, normalize
+from maskopt.search.augment import BatchAugment
 
 SIZE = 32
 
@@ -67,12 +67,3 @@ def test_wrong_input():
         augment(torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8), _gen(0))
     with pytest.raises(ValueError, match=r"expects \[B, 3, 32, 32\], got \[2, 3, 16, 16\]"):
         augment(torch.zeros(2, 3, 16, 16), _gen(0))
-
-
-def test_normalize_uint8_and_float_agree():
-    raw = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    mean, std = (0.548, 0.504, 0.479), (0.237, 0.247, 0.246)
-    from_uint8 = normalize(raw, mean, std)
-    assert from_uint8.dtype == torch.float32
-    torch.testing.assert_close(from_uint8, normalize(raw.float() / 255, mean, std))
-    torch.testing.assert_close(from_uint8[:, 1], (raw[:, 1].float() / 255 - 0.504) / 0.247)

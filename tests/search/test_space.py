@@ -20,7 +20,6 @@ from maskopt.search.space import (
     Component,
     Constant,
     Range,
-    SearchSpace,
     TrialParams,
     load_space,
     parse_space,
@@ -229,7 +228,7 @@ def test_repeated_choices(write_space):
 def test_unknown_backbone_suggests_close_names(write_space):
     message = space_error(write_space, {"params": {"backbone": ["resnet10t", "mobilenetv3_small_05"]}})
     assert "params.backbone: got 'mobilenetv3_small_05'; expected a timm backbone name" in message
-    assert "closest: " in message and "mobilenetv3_small_050" in message
+    assert "closest timm names: " in message and "mobilenetv3_small_050" in message
 
 
 def test_unknown_optimizer_suggests_close_names(write_space):
