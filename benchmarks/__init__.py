@@ -96,10 +96,14 @@ def setup_threads(threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MASKOPT_THREADS"):
         os.environ[var] = str(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import optuna
     import torch
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:  # the GPU benchmark runs without optuna
+        pass
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -137,6 +141,12 @@ def _brief(value) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_brief(v)}" for k, v in value.items() if not isinstance(v, (list, dict)))
     return str(value)
+
+
+def paired_ratio(numerators, denominators) -> float | None:
+    """Median over repetitions of each repetition's ratio (the two sides ran back to back)."""
+    pairs = [a / b for a, b in zip(numerators, denominators) if a is not None and b]
+    return median(pairs)
 
 
 def median(values) -> float | None:
@@ -204,6 +214,7 @@ class Report:
     details: dict = field(default_factory=dict)
     skipped: str | None = None
     seconds: float = 0.0
+    table: tuple[list[str], list[list[str]]] | None = None  # (header, rows): shown instead of ``rows``
 
     def add(self, *args, **kwargs) -> Row:
         row = Row(*args, **kwargs)
@@ -247,10 +258,17 @@ def fmt_ratio(value) -> str:
 
 def table_lines(report: Report, *, markdown: bool = False) -> list[str]:
     """The report's rows as a text (or Markdown) table."""
+    if report.table is not None:
+        header, rows = report.table
+        return _layout(header, rows, markdown=markdown)
     header = ["metric", "maskopt", "other side", "ratio", "target", "met"]
     rows = [[r.metric, fmt(r.maskopt, r.unit), f"{fmt(r.other, r.unit)} ({r.other_name})" if r.other_name else fmt(r.other, r.unit),
              f"{fmt_ratio(r.ratio)}" + (f" ({r.ratio_label})" if r.ratio_label and r.ratio is not None else ""),
              r.target or "—", mark(r.met) or "info"] for r in report.rows]
+    return _layout(header, rows, markdown=markdown)
+
+
+def _layout(header: list[str], rows: list[list[str]], *, markdown: bool) -> list[str]:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -304,6 +322,7 @@ def write_json(report: Report, *, cfg: Config, command: str, load_before: float,
         "skipped": report.skipped,
         "settings": report.settings,
         "rows": [asdict(r) for r in report.rows],
+        "table": report.table,
         "notes": report.notes,
         "details": report.details,
     }

@@ -15,6 +15,8 @@ still learns from it; such trials are COMPLETE with ``pruned_after_folds`` set, 
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from maskopt.search.space import Component, StudySettings
@@ -64,7 +66,10 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
         "wilcoxon": {"p_threshold": 0.1},
         "none": {},
     }[settings.pruner.name]
-    return pruner_class(settings.pruner.name)(**{**defaults, **settings.pruner.kwargs()})
+    with warnings.catch_warnings():
+        # Wilcoxon is marked experimental; it is chosen knowingly, and a warning per run is noise.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return pruner_class(settings.pruner.name)(**{**defaults, **settings.pruner.kwargs()})
 
 
 def reports_per_fold(settings: StudySettings) -> bool:

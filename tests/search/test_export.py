@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -60,9 +62,22 @@ def best(main_study) -> optuna.trial.FrozenTrial:
 
 @pytest.fixture(scope="module")
 def ensemble(main_study, tmp_path_factory):
-    """``export-best --ensemble-folds --tta`` into a folder whose parent does not exist yet."""
+    """``export-best --ensemble-folds --tta`` into a folder whose parent does not exist yet.
+
+    Renames across folders fail as they would between filesystems (the system temp folder is
+    often a tmpfs): the export must be staged beside its final place.
+    """
     out = tmp_path_factory.mktemp("ensemble") / "new" / "ens"
-    result = export_cli(main_study, "--out", out, "--ensemble-folds", "--tta")
+    real_replace = os.replace
+
+    def replace(src, dst, **kwargs):
+        if Path(src).resolve().parent != Path(dst).resolve().parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        return real_replace(src, dst, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", replace)
+        result = export_cli(main_study, "--out", out, "--ensemble-folds", "--tta")
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out, result.output
 
