@@ -237,14 +237,15 @@ def run_search(
                     disable=not show_progress, dynamic_ncols=True)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trial_bar.n = min(counted_trials(study), n_trials)
+        counted = counted_trials(study)
+        trial_bar.n = min(counted, n_trials)
         trial_bar.refresh()
         line = describe_trial(trial)
         if show_progress:
             tqdm.write(line)
         else:
             log(line)
-        if counted_trials(study) >= n_trials and not _has_waiting(study):
+        if counted >= n_trials and not _has_waiting(study):
             study.stop()
 
     objective = Objective(space=space, data=data_ready, device=torch_device,
