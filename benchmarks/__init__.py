@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored
 
 
 def _ensure_maskopt_importable() -> None:
@@ -305,9 +305,10 @@ def machine_info() -> dict:
     return info
 
 
-def write_json(report: Report, *, cfg: Config, command: str, load_before: float, load_after: float) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{report.name}.json"
+def write_json(report: Report, *, cfg: Config, command: str, load_before: float, load_after: float,
+               results_dir: Path = RESULTS_DIR) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{report.name}.json"
     data = {
         "name": report.name,
         "title": report.title,
@@ -341,6 +342,20 @@ def demo_data(cfg: Config, *, persons: int, size: int = 64, eval_persons: int = 
     if not (out / "train" / "train.csv").exists():
         make_demo_data(out, persons=persons, eval_persons=eval_persons, size=size, seed=cfg.seed)
     return out
+
+
+def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_small_050", "resnet10t")) -> None:
+    """Pay the one-time costs (image cache, timm imports, first model build) before any side runs."""
+    import torch
+
+    from maskopt.search.data import prepare_data
+    from maskopt.search.dataset import load_dataset
+    from maskopt.search.models import build_model
+
+    prepare_data(load_dataset(data), image_sizes=[image_size], cache_dir=cfg.workdir / "cache")
+    for backbone in backbones:
+        model = build_model(backbone, num_classes=18)
+        model(torch.zeros(2, 3, image_size, image_size)).sum().backward()
 
 
 def benchmark_space(*, folds: int, epochs: int, image_size: int, n_startup_trials: int | None = 4, **study):

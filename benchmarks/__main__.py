@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of the gpu benchmark")
     parser.add_argument("--dry-run", action="store_true", help="gpu benchmark: a tiny CPU smoke run of its code path")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=B.RESULTS_DIR, metavar="DIR",
+                        help="where the JSON results go (default: benchmarks/results)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (demo data, storages)")
     parser.add_argument("--markdown", action="store_true", help="also print each table as Markdown")
     parser.add_argument("-v", "--verbose", action="store_true", help="per-repetition and per-trial lines")
@@ -79,6 +81,8 @@ def main(argv=None) -> int:
             try:
                 report = module.run(cfg)
             except Exception as e:  # a broken benchmark must not hide the others' results
+                if type(e).__name__ == "SearchInterrupted":  # Ctrl-C or SIGTERM inside a search: stop everything
+                    raise KeyboardInterrupt from e
                 traceback.print_exc()
                 report = B.Report(name, module.TITLE, skipped=f"error: {type(e).__name__}: {e}")
             report.seconds = time.perf_counter() - t0
@@ -93,9 +97,10 @@ def main(argv=None) -> int:
             if args.markdown:
                 print()
                 print("\n".join(B.table_lines(report, markdown=True)))
-            path = B.write_json(report, cfg=cfg, command=command, load_before=before, load_after=B.load_average())
-            print(f"  ({report.seconds:.0f} s; load {before} -> {B.load_average()}; wrote {path.relative_to(B.ROOT)})",
-                  flush=True)
+            path = B.write_json(report, cfg=cfg, command=command, load_before=before, load_after=B.load_average(),
+                                results_dir=args.results)
+            shown = path.relative_to(B.ROOT) if path.is_relative_to(B.ROOT) else path
+            print(f"  ({report.seconds:.0f} s; load {before} -> {B.load_average()}; wrote {shown})", flush=True)
     finally:
         if args.keep:
             print(f"\nscratch folder kept: {workdir}")

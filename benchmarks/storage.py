@@ -213,6 +213,19 @@ class _Backends:
         self.admin.dispose()
 
 
+def storage_table(rate: dict, names: list[str], memory: float, trial_seconds: float):
+    """(header, rows): one row per backend, trials/s per worker count, overhead against a trial."""
+    header = ["storage", "overhead per trial (1 worker)", *(f"trials/s, {w} worker{'s' if w > 1 else ''}" for w in WORKERS),
+              "4 workers / 1", f"overhead / {trial_seconds:.1f} s training trial"]
+    rows = [["in-memory (reference)", f"({memory * 1000:.1f} ms whole trial)", f"{1 / memory:,.0f}", "", "", "", ""]]
+    for backend in names:
+        overhead = 1 / rate[(backend, 1)] - memory
+        rows.append([{"sqlite": "SQLite", "postgresql": "PostgreSQL"}[backend], f"{overhead * 1000:.0f} ms",
+                     *(f"{rate[(backend, w)]:.1f}" for w in WORKERS), f"{rate[(backend, 4)] / rate[(backend, 1)]:.2f}",
+                     f"{overhead / trial_seconds:.1%}"])
+    return header, rows
+
+
 def run(cfg: B.Config) -> B.Report:
     total = 20 if cfg.quick else 100
     reps = 1 if cfg.quick else 3
@@ -266,7 +279,7 @@ def run(cfg: B.Config) -> B.Report:
     failed = sum(r["failed"] for runs in results.values() for r in runs)
     report.notes.append(f"training trial length for comparison: {trial_seconds:.1f} s ({source}); "
                         f"in-memory storage: {memory * 1000:.1f} ms per trivial trial; failed trials: {failed}")
-    report.notes.append("the 'maskopt' column of the trials/s rows is PostgreSQL, the other side SQLite")
+    report.table = storage_table(rate, names, memory, trial_seconds)
     report.details = {"in_memory_seconds_per_trial": memory,
                       "runs": {f"{b} x{w}": runs for (b, w), runs in results.items()}}
     return report

@@ -249,7 +249,7 @@ def prepare_batch(images: torch.Tensor, rows: torch.Tensor, device: torch.device
     x = images[rows.to(images.device)].to(device, non_blocking=True).float().div_(255)
     if augment is not None:
         x = augment(x, generator)
-    x = (x - mean) / std
+    x = x.sub_(mean).div_(std)  # in place: the batch is a fresh gather, and this runs every step
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
