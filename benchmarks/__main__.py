@@ -90,11 +90,11 @@ def main(argv=None) -> int:
             reports.append(report)
             if report.skipped:
                 print(f"  skipped: {report.skipped}")
-            for line in B.table_lines(report):
+            for line in B.table_lines(report) if report.rows or report.table else []:
                 print("  " + line)
             for note in report.notes:
                 print(f"  note: {note}")
-            if args.markdown:
+            if args.markdown and (report.rows or report.table):
                 print()
                 print("\n".join(B.table_lines(report, markdown=True)))
             path = B.write_json(report, cfg=cfg, command=command, load_before=before, load_after=B.load_average(),

@@ -68,7 +68,7 @@ def export_best(
             their probabilities, instead of one model on all data.
         force: Replace an existing export folder.
         device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch (default: every core).
+        threads: CPU threads for torch (default: the free cores).
         cache_dir: Decoded-image cache folder.
         progress: Show progress bars.
 

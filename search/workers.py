@@ -35,7 +35,7 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
         n_trials: The study's total across all workers.
         storage_url: The storage; SQLite works for a few local workers, PostgreSQL scales.
         device: ``auto``, ``cpu`` or ``cuda``; with GPUs each worker sees one (round robin).
-        threads: CPU threads per worker (default: the cores divided among the workers).
+        threads: CPU threads per worker (default: the free cores divided among the workers).
         worker_index: Index of the first worker; workers get consecutive indices. On several
             machines, give each machine's first index past the previous machine's workers.
         log: Where the parent's and workers' lines go (workers' lines are prefixed).
@@ -46,7 +46,7 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
         SearchInterrupted: Ctrl-C or SIGTERM; each worker marked its running trial FAIL.
         MaskoptError: A worker failed.
     """
-    from maskopt.search.runner import SearchInterrupted, open_search, summary_of
+    from maskopt.search.runner import SearchInterrupted, free_cores, open_search, summary_of
     from maskopt.storage import redact, resolve_url
 
     url = resolve_url(storage_url)
@@ -59,7 +59,7 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
     opened = open_search(space, storage_url=url, log=log, **open_kwargs)
 
     gpus = _gpu_count(device)
-    per_worker_threads = threads or max(1, (os.cpu_count() or 1) // n_workers)
+    per_worker_threads = threads or max(1, free_cores() // n_workers)
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(n_workers):

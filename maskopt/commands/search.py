@@ -23,7 +23,7 @@ from maskopt.commands.options import storage_option
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MASKOPT_CACHE_DIR",
               help="Decoded-image cache  [env: MASKOPT_CACHE_DIR; default: ~/.cache/maskopt]")
 @click.option("--threads", type=click.IntRange(min=1), envvar="MASKOPT_THREADS",
-              help="CPU threads for training  [env: MASKOPT_THREADS; default: every core]")
+              help="CPU threads for training  [env: MASKOPT_THREADS; default: the free cores]")
 @click.option("--artifacts", "artifact_dir", type=click.Path(file_okay=False), default="maskopt-artifacts",
               show_default=True, help="Folder for trial artifacts (confusion matrices) shown by the dashboard.")
 @click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
