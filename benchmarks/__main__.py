@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     print(f"\n== summary ({time.perf_counter() - started:.0f} s, load average now {B.load_average()})")
     for report in reports:
         judged = [r for r in report.rows if r.met is not None]
-        status = report.skipped or f"{sum(r.met for r in judged)}/{len(judged)} targets met"
+        status = report.skipped or (f"{sum(r.met for r in judged)}/{len(judged)} targets met" if judged
+                                    else "figures only (no target)")
         print(f"  {report.name:<8} {status}")
         for r in judged:
             print(f"    {B.mark(r.met)} {r.metric}: ratio {B.fmt_ratio(r.ratio)} (target {r.target})")
