@@ -16,6 +16,7 @@ from maskopt.search import labels as L
 from maskopt.search.dataset import load_dataset
 from maskopt.search.demo_data import DemoDataSummary, make_demo_data
 from maskopt.search.eda import summarise_dataset, write_eda_files
+from tiny_trees import write_competition
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -24,19 +25,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> DemoDataSummary:
     return make_demo_data(tmp_path_factory.mktemp("demo") / "data", persons=12, eval_persons=4, size=32, seed=0)
-
-
-def competition(root: Path, people) -> Path:
-    images = root / "train" / "images"
-    rows = ["id,gender,race,age,path"]
-    for person, gender, age in people:
-        folder = f"{person}_{gender}_Asian_{age}"
-        rows.append(f"{person},{gender},Asian,{age},{folder}")
-        (images / folder).mkdir(parents=True)
-        for stem in L.STEMS:
-            Image.new("RGB", (6, 8)).save(images / folder / f"{stem}.jpg")
-    (root / "train" / "train.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 def test_summary_of_demo_data(demo):
@@ -60,7 +48,7 @@ def test_summary_of_demo_data(demo):
 def test_age_histogram_bins_and_ages_outside_them(tmp_path):
     people = [("1", "male", 17), ("2", "male", 18), ("3", "female", 58), ("4", "female", 59), ("5", "male", 60),
               ("6", "male", 72)]
-    summary = summarise_dataset(load_dataset(competition(tmp_path, people)))
+    summary = summarise_dataset(load_dataset(write_competition(tmp_path, people)))
     hist = summary.age_histogram
     assert list(hist)[0] == "<18" and list(hist)[-1] == ">=61"
     assert hist["<18"] == 1 and hist["18-19"] == 1 and hist["58-59"] == 2 and hist["60"] == 1 and hist[">=61"] == 1
@@ -127,7 +115,7 @@ def test_eda_text_output(demo):
 
 
 def test_eda_lists_problems_instead_of_failing(tmp_path):
-    root = competition(tmp_path / "data", [("000001", "male", 25), ("000002", "female", 45), ("000003", "male", 31)])
+    root = write_competition(tmp_path / "data", [("000001", "male", 25), ("000002", "female", 45), ("000003", "male", 31)])
     (root / "train" / "images" / "000002_female_Asian_45" / "normal.jpg").unlink()
     result = CliRunner().invoke(cli, ["eda", str(root)])
     assert result.exit_code == 0, result.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 
 from maskopt.search import labels as L
 from maskopt.search.dataset import load_dataset
+from tiny_trees import write_competition
 
 # The competition's table, written out by hand rather than derived from the formula under test.
 EXPECTED_CLASS = {
@@ -55,23 +55,10 @@ def test_stems_and_mask_states():
     assert L.GENDERS == {"male": 0, "female": 1}
 
 
-def _tiny_competition(root: Path, people: list[tuple[str, str, int]]) -> Path:
-    images = root / "train" / "images"
-    rows = ["id,gender,race,age,path"]
-    for person, gender, age in people:
-        folder = f"{person}_{gender}_Asian_{age}"
-        rows.append(f"{person},{gender},Asian,{age},{folder}")
-        (images / folder).mkdir(parents=True)
-        for stem in L.STEMS:
-            Image.new("RGB", (4, 4)).save(images / folder / f"{stem}.png")
-    (root / "train" / "train.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
 def test_shifted_cut_changes_training_labels_only_for_ages_58_and_59(tmp_path):
     people = [("000001", "male", 29), ("000002", "female", 57), ("000003", "male", 58),
               ("000004", "female", 59), ("000005", "male", 60)]
-    dataset = load_dataset(_tiny_competition(tmp_path, people))
+    dataset = load_dataset(write_competition(tmp_path, people, ext=".png", size=(4, 4)))
     official = dataset.training_labels()
     shifted = dataset.training_labels(58)
 
