@@ -98,7 +98,10 @@ class Objective:
                     running = float(np.mean(fold_f1 + best_in_fold))
                     step = fold * settings.epochs + epoch
                     trial.report(running, step)
-                    if trial.should_prune():
+                    # After the last epoch of the last fold the work is done: pruning then would
+                    # save nothing and only turn a finished trial into a pruned one.
+                    last_step = fold + 1 == len(folds) and epoch + 1 == settings.epochs
+                    if not last_step and trial.should_prune():
                         raise optuna.TrialPruned(
                             f"pruned at fold {fold + 1} epoch {epoch + 1}: running mean macro F1 {running:.4f}")
 

@@ -169,6 +169,7 @@ def train_fold(
     criterion = loss_function(params.loss)
     train_labels = torch.as_tensor(data.train_labels, device=device)
     train_rows = torch.as_tensor(data.train_rows)
+    buffers = BatchBuffers()
 
     result = FoldResult()
     train_seconds, images_seen, num_updates = 0.0, 0, 0
@@ -181,7 +182,7 @@ def train_fold(
         for step in range(steps):
             pos = order[step * micro_batch:(step + 1) * micro_batch]
             x = prepare_batch(data.images, train_rows[pos], device, mean, std, augment=augment, generator=generator,
-                              channels_last=on_cuda and settings.channels_last)
+                              channels_last=on_cuda and settings.channels_last, buffers=buffers)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = criterion(step_model(x), train_labels[pos.to(device)]) / accumulation
             scaler.scale(loss).backward()
@@ -243,13 +244,45 @@ def normalisation(model, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
+class BatchBuffers:
+    """Memory for CPU batches, allocated once and reused by every batch of a loop.
+
+    A fresh batch-sized float tensor per step is large enough for glibc to map it from the
+    kernel and unmap it when freed, so every batch page-faults all of its pages again; on the
+    CPU that costs several times the arithmetic of normalising it (BENCHMARKS.md, data path).
+    Reuse is safe because a step's backward, the last reader of the batch, finishes before the
+    next batch is gathered. On CUDA the caching allocator already reuses memory, so the buffers
+    are used only when both the images and the batch live on the CPU.
+    """
+
+    def __init__(self) -> None:
+        self._u8: torch.Tensor | None = None
+        self._f32: torch.Tensor | None = None
+
+    def views(self, images: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 and a float32 view of ``n`` images shaped like ``images``' rows."""
+        if self._u8 is None or len(self._u8) < n or self._u8.shape[1:] != images.shape[1:]:
+            self._u8 = torch.empty((n, *images.shape[1:]), dtype=torch.uint8)
+            self._f32 = torch.empty((n, *images.shape[1:]), dtype=torch.float32)
+        return self._u8[:n], self._f32[:n]
+
+
 def prepare_batch(images: torch.Tensor, rows: torch.Tensor, device: torch.device, mean, std, *, augment=None,
-                  generator=None, channels_last: bool = False) -> torch.Tensor:
-    """Gather rows of the uint8 image tensor, move, augment and normalise them."""
-    x = images[rows.to(images.device)].to(device, non_blocking=True).float().div_(255)
+                  generator=None, channels_last: bool = False, buffers: BatchBuffers | None = None) -> torch.Tensor:
+    """Gather rows of the uint8 image tensor, move, augment and normalise them.
+
+    With ``buffers`` (on the CPU) the batch is written into them: the result is overwritten by
+    the next call with the same buffers.
+    """
+    if buffers is not None and images.device.type == "cpu" and device.type == "cpu":
+        u8, x = buffers.views(images, len(rows))
+        torch.index_select(images, 0, rows, out=u8)
+        x = x.copy_(u8).div_(255)
+    else:
+        x = images[rows.to(images.device)].to(device, non_blocking=True).float().div_(255)
     if augment is not None:
         x = augment(x, generator)
-    x = x.sub_(mean).div_(std)  # in place: the batch is a fresh gather, and this runs every step
+    x = x.sub_(mean).div_(std)  # in place: the batch is this call's own memory
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -259,9 +292,11 @@ def predict_rows(model: torch.nn.Module, images: torch.Tensor, rows: np.ndarray,
     """Class probabilities ``[len(rows), C]`` (on the CPU); ``flip`` averages in the mirror image."""
     model.eval()
     rows = torch.as_tensor(rows)
+    buffers = BatchBuffers()
     out = []
     for start in range(0, len(rows), batch_size):
-        x = prepare_batch(images, rows[start:start + batch_size], device, mean, std, channels_last=channels_last)
+        x = prepare_batch(images, rows[start:start + batch_size], device, mean, std, channels_last=channels_last,
+                          buffers=buffers)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             probs = model(x).float().softmax(1)
             if flip:

@@ -202,6 +202,22 @@ def test_non_finite_loss_prunes_with_its_reason(monkeypatch, space_dict, demo_da
     assert any("PRUNED" in line and "training loss became nan" in line for line in lines)
 
 
+@pytest.mark.parametrize("pruning_from_step, state", [(2, TrialState.PRUNED), (3, TrialState.COMPLETE)])
+def test_a_trial_is_never_pruned_after_its_last_epoch(monkeypatch, pruning_from_step, state, space_dict, demo_data,
+                                                      cache_dir, tmp_path):
+    """2 folds x 2 epochs = steps 0-3. A pruner that stops every trial from step 2 on stops this one
+    at step 2; from step 3, the last, there is nothing left to save and the trial completes."""
+    from maskopt.search import pruning
+
+    monkeypatch.setattr(pruning, "build_pruner", lambda settings: optuna.pruners.ThresholdPruner(
+        lower=2.0, n_warmup_steps=pruning_from_step))
+    space = parse_space(space_dict(study={"data": str(demo_data), "epochs": 2}))
+    study, _ = search(space, tmp_path, cache_dir, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == state
+    assert max(trial.intermediate_values) == (pruning_from_step if state == TrialState.PRUNED else 3)
+
+
 # --- determinism, Wilcoxon, other layouts ---------------------------------------------------------
 
 
