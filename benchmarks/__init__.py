@@ -65,8 +65,10 @@ class Config:
         workdir: A scratch folder for demo data, caches and storages (deleted afterwards).
         seed: Base seed.
         verbose: Print per-trial lines and per-repetition times.
-        device: ``cpu``, ``cuda`` or ``auto`` (the GPU benchmark; the others run on the CPU).
+        device: ``cpu``, ``cuda`` or ``auto``: the GPU benchmark's device; ``cuda`` also moves the
+            search benchmark to the GPU (the others always run on the CPU).
         dry_run: The GPU benchmark's tiny CPU smoke run.
+        budget: The search benchmark's seconds per side, instead of its default for the mode.
         results: The reports of the benchmarks already run in this invocation, by name.
     """
 
@@ -77,6 +79,7 @@ class Config:
     verbose: bool = False
     device: str = "auto"
     dry_run: bool = False
+    budget: float | None = None
     results: dict = field(default_factory=dict)
 
     def log(self, text: str) -> None:
@@ -257,15 +260,19 @@ def fmt_ratio(value) -> str:
 
 
 def table_lines(report: Report, *, markdown: bool = False) -> list[str]:
-    """The report's rows as a text (or Markdown) table."""
+    """The report's own table (if any), then its rows, as text (or Markdown) tables."""
+    lines = []
     if report.table is not None:
         header, rows = report.table
-        return _layout(header, rows, markdown=markdown)
-    header = ["metric", "maskopt", "other side", "ratio", "target", "met"]
-    rows = [[r.metric, fmt(r.maskopt, r.unit), f"{fmt(r.other, r.unit)} ({r.other_name})" if r.other_name else fmt(r.other, r.unit),
-             f"{fmt_ratio(r.ratio)}" + (f" ({r.ratio_label})" if r.ratio_label and r.ratio is not None else ""),
-             r.target or "—", mark(r.met) or "info"] for r in report.rows]
-    return _layout(header, rows, markdown=markdown)
+        lines += _layout(header, rows, markdown=markdown)
+    if report.rows:
+        header = ["metric", "maskopt", "other side", "ratio", "target", "met"]
+        rows = [[r.metric, fmt(r.maskopt, r.unit),
+                 f"{fmt(r.other, r.unit)} ({r.other_name})" if r.other_name else fmt(r.other, r.unit),
+                 f"{fmt_ratio(r.ratio)}" + (f" ({r.ratio_label})" if r.ratio_label and r.ratio is not None else ""),
+                 r.target or "—", mark(r.met) or "info"] for r in report.rows]
+        lines += ([""] if lines else []) + _layout(header, rows, markdown=markdown)
+    return lines
 
 
 def _layout(header: list[str], rows: list[list[str]], *, markdown: bool) -> list[str]:
@@ -344,7 +351,8 @@ def demo_data(cfg: Config, *, persons: int, size: int = 64, eval_persons: int = 
     return out
 
 
-def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_small_050", "resnet10t")) -> None:
+def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_small_050", "resnet10t"),
+            device: str = "cpu") -> None:
     """Pay the one-time costs (image cache, timm imports, first model build) before any side runs."""
     import torch
 
@@ -354,8 +362,8 @@ def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_sm
 
     prepare_data(load_dataset(data), image_sizes=[image_size], cache_dir=cfg.workdir / "cache")
     for backbone in backbones:
-        model = build_model(backbone, num_classes=18)
-        model(torch.zeros(2, 3, image_size, image_size)).sum().backward()
+        model = build_model(backbone, num_classes=18).to(device)
+        model(torch.zeros(2, 3, image_size, image_size, device=device)).sum().backward()
 
 
 def benchmark_space(*, folds: int, epochs: int, image_size: int, n_startup_trials: int | None = 4, **study):

@@ -39,7 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: all six in under 10 minutes on 2 cores")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (default 1: safe beside other work on a shared machine)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of the gpu benchmark")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="device of the gpu benchmark; with cuda the search benchmark runs on the GPU at demo size")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="search benchmark: wall-clock budget of each side (default 25 quick, 480 full, 100 on cuda)")
     parser.add_argument("--dry-run", action="store_true", help="gpu benchmark: a tiny CPU smoke run of its code path")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=B.RESULTS_DIR, metavar="DIR",
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
     B.setup_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="maskopt-bench-"))
     cfg = B.Config(quick=args.quick, threads=args.threads, workdir=workdir, seed=args.seed, verbose=args.verbose,
-                   device=args.device, dry_run=args.dry_run)
+                   device=args.device, dry_run=args.dry_run, budget=args.budget)
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     info = B.machine_info()
     print(f"maskopt benchmarks ({'quick' if args.quick else 'full'}): {', '.join(names)}")

@@ -28,7 +28,8 @@ def full_space_backbones() -> list[str]:
     return list(dim.values) if isinstance(dim, Choice) else [dim.value] if isinstance(dim, Constant) else []
 
 
-def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int, seed: int = 0) -> dict:
+def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int, seed: int = 0, amp: bool = True,
+            channels_last: bool = True) -> dict:
     import numpy as np
     import torch
 
@@ -36,7 +37,7 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     from maskopt.search.training import TrainingData, autocast_dtype, normalisation, predict_rows, train_fold
 
     on_cuda = device.type == "cuda"
-    settings = StudySettings(epochs=1, warmup_epochs=0.0, amp=True, channels_last=True, compile=False)
+    settings = StudySettings(epochs=1, warmup_epochs=0.0, amp=amp, channels_last=channels_last, compile=False)
     params = TrialParams(backbone=backbone, lr=1e-4, weight_decay=0.05, batch_size=batch, freeze_depth=0,
                          sampler="uniform", aug_strength=0.0, loss="ce", optimizer="adamw", image_size=IMAGE_SIZE,
                          age_old=60, head="single")
@@ -63,12 +64,14 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
 
     mean, std = normalisation(model, device)
     amp = autocast_dtype(device, settings)
+    channels_last = on_cuda and settings.channels_last
     predict_rows(model, images, rows[:batch * 2], device, mean, std, batch_size=batch * 2, amp_dtype=amp,
-                 channels_last=on_cuda)
+                 channels_last=channels_last)
     if on_cuda:
         torch.cuda.synchronize()
     with B.Timer() as ti:
-        predict_rows(model, images, rows, device, mean, std, batch_size=batch * 2, amp_dtype=amp, channels_last=on_cuda)
+        predict_rows(model, images, rows, device, mean, std, batch_size=batch * 2, amp_dtype=amp,
+                     channels_last=channels_last)
         if on_cuda:
             torch.cuda.synchronize()
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
@@ -80,7 +83,7 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
             "images_on_gpu_gib": images_gib,
             "peak_without_images_gib": None if peak_train is None else peak_train - images_gib,
             "infer_images_per_second": n / ti.seconds, "params_millions": round(params_m, 1),
-            "autocast": str(amp).replace("torch.", "") if amp else "off"}
+            "autocast": str(amp).replace("torch.", "") if amp else "off", "channels_last": channels_last}
 
 
 def run(cfg: B.Config) -> B.Report:
@@ -141,7 +144,32 @@ def run(cfg: B.Config) -> B.Report:
         rows.append([r["backbone"], str(r["batch"]), f"{r['train_images_per_second']:,.0f}",
                      f"{r['infer_images_per_second']:,.0f}", peak, model_only, f"{r['params_millions']}M"])
     report.table = (header, rows)
+    default = next((r for r in results if r["backbone"] == backbones[0] and r["batch"] == batches[-1]
+                    and "error" not in r), None)
+    if default is not None:
+        add_fast_path_rows(report, cfg, backbones[0], device=device, batch=batches[-1], steps=steps, warmup=warmup,
+                           default=default)
     if device.type == "cuda":
         report.notes.append("peak GPU memory includes the uint8 image tensor held on the GPU (batch x steps images, as "
                             "a search holds its whole dataset there); the next column leaves it out")
     return report
+
+
+def add_fast_path_rows(report: B.Report, cfg: B.Config, backbone: str, *, device, batch: int, steps: int,
+                       warmup: int, default: dict) -> None:
+    """What the GPU settings are worth: the first backbone with mixed precision, then channels-last, off."""
+    for label, options in (("bf16 autocast off (fp32)", {"amp": False}), ("channels-last off", {"channels_last": False})):
+        try:
+            r = measure(backbone, device=device, batch=batch, steps=steps, warmup_steps=warmup, seed=cfg.seed,
+                        **options)
+        except Exception as e:
+            cfg.log(f"{backbone} batch {batch}, {label}: {type(e).__name__}: {e}"[:300])
+            continue
+        peak = f", {r['peak_train_gib']:.2f} GiB peak" if r["peak_train_gib"] is not None else ""
+        cfg.log(f"{backbone} batch {batch}, {label}: train {r['train_images_per_second']:.0f} img/s{peak}")
+        report.add(f"{backbone} b{batch} training, maskopt's settings vs {label}", default["train_images_per_second"],
+                   r["train_images_per_second"], label, unit="img/s",
+                   ratio=B.ratio(default["train_images_per_second"], r["train_images_per_second"]),
+                   ratio_label="speed-up")
+        report.details.setdefault("fast_path", []).append({"label": label, **r})
+

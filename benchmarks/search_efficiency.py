@@ -69,14 +69,19 @@ def time_to_reach(points, score) -> float | None:
     return None
 
 
-def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int) -> dict:
+def difference(a: float | None, b: float | None) -> float | None:
+    """``a - b``, or None when a side finished no trial within the budget."""
+    return None if a is None or b is None else a - b
+
+
+def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int, device: str) -> dict:
     import optuna
 
     from maskopt.search.runner import run_search
 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as t:
-        run_search(space, n_trials=10_000, storage_url=url, data=data, study_name=name, seed=seed, device="cpu",
+        run_search(space, n_trials=10_000, storage_url=url, data=data, study_name=name, seed=seed, device=device,
                    timeout=budget, cache_dir=cfg.workdir / "cache", threads=cfg.threads, show_progress=False,
                    log=cfg.debug)
     rows = B.trial_table(optuna.load_study(study_name=name, storage=url))
@@ -89,22 +94,28 @@ def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int)
 
 
 def run(cfg: B.Config) -> B.Report:
-    quick = cfg.quick
-    persons = 30 if quick else 120
-    folds, epochs, image_size = 3, 3 if quick else 4, 32
-    budget = 25.0 if quick else 480.0
+    on_gpu = cfg.device == "cuda"
+    if on_gpu:  # the demo itself: default demo data, demo.yaml's folds, epochs and image size
+        persons, size, folds, epochs, image_size, budget = 200, 96, 3, 4, 48, 100.0
+    elif cfg.quick:
+        persons, size, folds, epochs, image_size, budget = 30, 64, 3, 3, 32, 25.0
+    else:
+        persons, size, folds, epochs, image_size, budget = 120, 64, 3, 4, 32, 480.0
+    budget = cfg.budget or budget
+    device = "cuda" if on_gpu else "cpu"
     seeds = [cfg.seed]
-    data = B.demo_data(cfg, persons=persons)
+    data = B.demo_data(cfg, persons=persons, size=size)
     ours = B.benchmark_space(folds=folds, epochs=epochs, image_size=image_size)
     spaces = {"maskopt": ours, "random": random_space(ours), "baseline": baseline_space(ours)}
-    B.warm_up(cfg, data, image_size)
+    B.warm_up(cfg, data, image_size, device=device)
 
     per_seed = []
     for i, seed in enumerate(seeds):
         order = list(spaces) if i % 2 == 0 else list(spaces)[::-1]
         result = {}
         for side in order:
-            result[side] = run_side(cfg, spaces[side], data, name=f"search-{side}-s{seed}", budget=budget, seed=seed)
+            result[side] = run_side(cfg, spaces[side], data, name=f"search-{side}-s{seed}", budget=budget, seed=seed,
+                                    device=device)
             r = result[side]
             cfg.log(f"seed {seed}, {side}: best F1 {r['best'] if r['best'] is None else round(r['best'], 4)} "
                     f"in {r['trials']} trials ({r['pruned']} pruned, {r['epochs']} epochs); improvements at "
@@ -118,9 +129,9 @@ def run(cfg: B.Config) -> B.Report:
         return B.median(r[side][key] for r in per_seed)
 
     report = B.Report(NAME, TITLE, settings={
-        "budget_seconds": budget, "persons": persons, "images": persons * 7, "folds": folds, "epochs": epochs,
+        "device": device, "budget_seconds": budget, "persons": persons, "images": persons * 7, "folds": folds, "epochs": epochs,
         "image_size": image_size, "seeds": seeds, "threads": cfg.threads,
-        "maskopt": "demo.yaml params, TPE n_startup_trials 4, median pruner (3 start-up trials, 2 warm-up steps)",
+        "maskopt": f"demo.yaml params, TPE n_startup_trials 4, demo.yaml's pruner {ours.study.pruner}",
         "random": "demo.yaml params, RandomSampler, no pruner",
         "baseline": "resnet10t, sgd lr 1e-3 wd 5e-4, batch 64, ce, no aug, uniform, single head, no pretrained"})
     reach = [r["maskopt"]["time_to_random_final"] for r in per_seed]
@@ -131,10 +142,10 @@ def run(cfg: B.Config) -> B.Report:
         ratio=reach_ratio, ratio_label="maskopt/random", target="<= 0.50",
         met=reach_ratio is not None and reach_ratio <= 0.5,
         note="" if all(a is not None for a in reach) else "maskopt did not reach it within the budget")
-    diff_random = B.median(r["maskopt"]["best"] - r["random"]["best"] for r in per_seed)
+    diff_random = B.median(difference(r["maskopt"]["best"], r["random"]["best"]) for r in per_seed)
     report.add("best macro F1 in the budget", med("maskopt", "best"), med("random", "best"), "random search",
                ratio=diff_random, ratio_label="maskopt - random")
-    diff_base = B.median(r["maskopt"]["best"] - r["baseline"]["best"] for r in per_seed)
+    diff_base = B.median(difference(r["maskopt"]["best"], r["baseline"]["best"]) for r in per_seed)
     report.add("best macro F1 in the budget", med("maskopt", "best"), med("baseline", "best"), "baseline config",
                ratio=diff_base, ratio_label="maskopt - baseline", target="> 0", met=diff_base is not None and diff_base > 0)
     report.add("trials finished in the budget", med("maskopt", "trials"), med("random", "trials"), "random search",
