@@ -4,7 +4,7 @@ Three studies on the same demo data, each given the same wall-clock budget (coun
 first trial's start; trials finishing after the budget are not counted):
 
 - maskopt: spaces/demo.yaml's parameters, TPE (seeded; 4 random start-up trials, as demo.yaml's
-  comment suggests for short studies) with demo.yaml's median pruner;
+  comment suggests for short studies) with demo.yaml's pruner;
 - random: the same parameters, ``RandomSampler`` (same seed), no pruning;
 - baseline: the competition baseline's fixed configuration: SGD (timm's ``sgd``: Nesterov
   momentum 0.9), lr 1e-3, weight decay 5e-4, batch 64, cross-entropy, no pretrained weights, no

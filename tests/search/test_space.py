@@ -53,7 +53,8 @@ def test_shipped_spaces_load(name):
 def test_demo_space_reads_every_setting():
     space = load_space(ROOT / "spaces" / "demo.yaml")
     assert (space.study.name, space.study.folds, space.study.epochs) == ("demo", 3, 4)
-    assert space.study.pruner == Component("median", (("n_startup_trials", 3), ("n_warmup_steps", 2)))
+    assert space.study.pruner == Component("percentile", (("n_startup_trials", 3), ("n_warmup_steps", 2),
+                                                          ("percentile", 25.0)))
     assert space.study.warmup_epochs == 0.5 and space.study.pretrained is False
     assert space.dims["image_size"] == Constant(48)
     assert space.dims["age_old"] == Choice((58, 59, 60))
