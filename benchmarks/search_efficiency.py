@@ -69,6 +69,34 @@ def time_to_reach(points, score) -> float | None:
     return None
 
 
+def warm_up_trials(cfg: B.Config, space, data, *, device: str) -> None:
+    """One 1-epoch trial per backbone and batch size of the space (and the baseline's), unrecorded.
+
+    The first trial of a shape pays one-time costs that a real search pays once in hundreds of
+    trials: on the GPU, cuDNN's autotuner times every convolution for each new batch shape (the
+    first mobilenet trial took 60 s on an H200, the same trial later 9 s), and on both devices the
+    first notes and plots import their libraries. Without this the first side measured pays them
+    for all three.
+    """
+    from maskopt.search.runner import run_search
+    from maskopt.search.space import Component, Constant
+
+    baseline = baseline_space(space)
+    shapes = {(b, s) for b in values(space.dims["backbone"]) for s in values(space.dims["batch_size"])}
+    shapes.add((baseline.dims["backbone"].value, baseline.dims["batch_size"].value))
+    study = dataclasses.replace(space.study, epochs=1, pruner=Component("none"))
+    for i, (backbone, batch_size) in enumerate(sorted(shapes)):
+        dims = dict(space.dims, backbone=Constant(backbone), batch_size=Constant(batch_size))
+        run_search(dataclasses.replace(space, dims=dims, study=study), n_trials=1,
+                   storage_url=f"sqlite:///{cfg.workdir / 'warm-up.db'}", data=data, study_name=f"warm-up-{i}",
+                   seed=cfg.seed, device=device, cache_dir=cfg.workdir / "cache", threads=cfg.threads,
+                   show_progress=False, log=cfg.debug)
+
+
+def values(dim) -> tuple:
+    return dim.values if hasattr(dim, "values") else (dim.value,)
+
+
 def difference(a: float | None, b: float | None) -> float | None:
     """``a - b``, or None when a side finished no trial within the budget."""
     return None if a is None or b is None else a - b
@@ -108,6 +136,9 @@ def run(cfg: B.Config) -> B.Report:
     ours = B.benchmark_space(folds=folds, epochs=epochs, image_size=image_size)
     spaces = {"maskopt": ours, "random": random_space(ours), "baseline": baseline_space(ours)}
     B.warm_up(cfg, data, image_size, device=device)
+    with B.Timer() as warm:
+        warm_up_trials(cfg, ours, data, device=device)
+    cfg.log(f"warm-up trials (one per backbone and batch size, unrecorded): {warm.seconds:.0f} s")
 
     per_seed = []
     for i, seed in enumerate(seeds):
