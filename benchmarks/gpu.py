@@ -8,7 +8,7 @@ reports ``images_per_second`` (training steps only, synchronised) and
 ``torch.cuda.max_memory_allocated``. Inference (``predict_rows``, bf16) is timed too.
 
 Run on a GPU machine with ``benchmarks/gpu.sh`` (or ``python -m benchmarks gpu --device cuda``);
-about a minute on an H200. Without a GPU it says so and stops, unless ``--dry-run``: then it runs
+about 4 minutes on an H200. Without a GPU it says so and stops, unless ``--dry-run``: then it runs
 the same code on the CPU with 2 images per batch and 1 step, to check the path end to end.
 """
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # GPU throughput per backbone of spaces/full.yaml at 224 px: training and inference images per
 # second and peak GPU memory, through maskopt's own train_fold (bf16, channels-last, random
-# weights: nothing is downloaded). One short command for a lent GPU machine (about a minute on
-# an H200); results in benchmarks/results/gpu.json.
+# weights: nothing is downloaded), then what bf16 and channels-last are worth. One command for a
+# lent GPU machine (about 4 minutes on an H200, mostly model builds and cuDNN autotuning);
+# results in benchmarks/results/gpu.json.
 #
 #   benchmarks/gpu.sh                 # on the GPU
 #   benchmarks/gpu.sh --dry-run       # anywhere: the same code on the CPU, 2 images per batch
 #
-# Python: $PYTHON, else .venv/bin/python, else python3. It needs torch, timm, numpy, PyYAML;
+# Python: $PYTHON, else .venv/bin/python, else python3. It needs torch, torchvision, timm, numpy, PyYAML;
 # maskopt itself need not be installed (benchmarks/__init__.py finds it in this checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +17,8 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-if ! "$PY" -c "import torch, timm, numpy, yaml" 2>/dev/null; then
-    echo "gpu.sh: $PY lacks torch, timm, numpy or PyYAML; install them (pip install torch timm pyyaml) or set PYTHON" >&2
+if ! "$PY" -c "import torch, torchvision, timm, numpy, yaml" 2>/dev/null; then
+    echo "gpu.sh: $PY lacks torch, torchvision, timm, numpy or PyYAML; install them (pip install torch torchvision timm pyyaml) or set PYTHON" >&2
     exit 2
 fi
 device=cuda
