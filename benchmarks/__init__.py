@@ -366,22 +366,14 @@ def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_sm
         model(torch.zeros(2, 3, image_size, image_size, device=device)).sum().backward()
 
 
-def benchmark_space(*, folds: int, epochs: int, image_size: int, n_startup_trials: int | None = 4, **study):
-    """spaces/demo.yaml with the study shrunk for a CPU benchmark (the searched params unchanged).
-
-    ``n_startup_trials`` (TPE's random start, 10 by default) follows the comment in demo.yaml:
-    a benchmark study of a dozen trials would otherwise never get past random sampling.
-    """
+def benchmark_space(*, folds: int, epochs: int, image_size: int, **study):
+    """spaces/demo.yaml (sampler, pruner, searched params) with the study shrunk for a benchmark."""
     import dataclasses
 
-    from maskopt.search.space import Component, Constant, load_space
+    from maskopt.search.space import Constant, load_space
 
     space = load_space(ROOT / "spaces" / "demo.yaml", check_names=False)
     settings = dataclasses.replace(space.study, folds=folds, epochs=epochs, **study)
-    if n_startup_trials is not None and settings.sampler.name == "tpe":
-        options = dict(settings.sampler.options)
-        options["n_startup_trials"] = n_startup_trials
-        settings = dataclasses.replace(settings, sampler=Component("tpe", tuple(sorted(options.items()))))
     dims = dict(space.dims, image_size=Constant(image_size))
     return dataclasses.replace(space, study=settings, dims=dims)
 

@@ -87,7 +87,7 @@ def run(cfg: B.Config) -> B.Report:
     seconds_off = B.median(r["off"]["seconds"] for r in per_seed)
 
     report = B.Report(NAME, TITLE, settings={
-        "space": f"spaces/demo.yaml params; TPE (n_startup_trials 4); pruner as in demo.yaml: {pruned_space.study.pruner}",
+        "space": f"spaces/demo.yaml: sampler {pruned_space.study.sampler}, pruner {pruned_space.study.pruner}",
         "persons": persons, "images": persons * 7, "folds": folds, "epochs": epochs, "image_size": image_size,
         "trials": trials, "seeds": seeds, "threads": cfg.threads})
     report.add("epochs trained (sum over trials)", epochs_on, epochs_off, "pruner off", unit="ep", ratio=epoch_ratio,

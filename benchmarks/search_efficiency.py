@@ -3,8 +3,8 @@
 Three studies on the same demo data, each given the same wall-clock budget (counted from its
 first trial's start; trials finishing after the budget are not counted):
 
-- maskopt: spaces/demo.yaml's parameters, TPE (seeded; 4 random start-up trials, as demo.yaml's
-  comment suggests for short studies) with demo.yaml's pruner;
+- maskopt: spaces/demo.yaml's parameters, sampler (TPE, seeded, 4 random start-up trials) and
+  pruner;
 - random: the same parameters, ``RandomSampler`` (same seed), no pruning;
 - baseline: the competition baseline's fixed configuration: SGD (timm's ``sgd``: Nesterov
   momentum 0.9), lr 1e-3, weight decay 5e-4, batch 64, cross-entropy, no pretrained weights, no
@@ -162,7 +162,7 @@ def run(cfg: B.Config) -> B.Report:
     report = B.Report(NAME, TITLE, settings={
         "device": device, "budget_seconds": budget, "persons": persons, "images": persons * 7, "folds": folds, "epochs": epochs,
         "image_size": image_size, "seeds": seeds, "threads": cfg.threads,
-        "maskopt": f"demo.yaml params, TPE n_startup_trials 4, demo.yaml's pruner {ours.study.pruner}",
+        "maskopt": f"demo.yaml: sampler {ours.study.sampler}, pruner {ours.study.pruner}",
         "random": "demo.yaml params, RandomSampler, no pruner",
         "baseline": "resnet10t, sgd lr 1e-3 wd 5e-4, batch 64, ce, no aug, uniform, single head, no pretrained"})
     reach = [r["maskopt"]["time_to_random_final"] for r in per_seed]

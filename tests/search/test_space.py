@@ -55,6 +55,7 @@ def test_demo_space_reads_every_setting():
     assert (space.study.name, space.study.folds, space.study.epochs) == ("demo", 3, 4)
     assert space.study.pruner == Component("percentile", (("n_startup_trials", 3), ("n_warmup_steps", 2),
                                                           ("percentile", 25.0)))
+    assert space.study.sampler == Component("tpe", (("n_startup_trials", 4),))
     assert space.study.warmup_epochs == 0.5 and space.study.pretrained is False
     assert space.dims["image_size"] == Constant(48)
     assert space.dims["age_old"] == Choice((58, 59, 60))
