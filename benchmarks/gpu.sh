@@ -2,7 +2,7 @@
 # GPU throughput per backbone of spaces/full.yaml at 224 px: training and inference images per
 # second and peak GPU memory, through maskopt's own train_fold (bf16, channels-last, random
 # weights: nothing is downloaded), then what bf16 and channels-last are worth. One command for a
-# lent GPU machine (about 4 minutes on an H200, mostly model builds and cuDNN autotuning);
+# GPU machine (about 4 minutes on an H200, mostly model builds and cuDNN autotuning);
 # results in benchmarks/results/gpu.json.
 #
 #   benchmarks/gpu.sh                 # on the GPU
