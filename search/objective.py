@@ -26,7 +26,7 @@ from maskopt.search.models import count_parameters
 from maskopt.search.notes import record_trial_note
 from maskopt.search.pruning import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
-from maskopt.search.training import NonFiniteLoss, TrainingData, is_out_of_memory, train_fold
+from maskopt.search.training import NonFiniteLoss, TrainingData, fast_path, is_out_of_memory, train_fold
 
 
 def fold_seed(study_seed: int, trial_number: int, fold: int) -> int:
@@ -64,6 +64,7 @@ class Objective:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("fast_path", fast_path(self.device, settings))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for crash forensics
 
         fold_f1: list[float] = []

@@ -100,6 +100,16 @@ def autocast_dtype(device: torch.device, settings: StudySettings) -> torch.dtype
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def fast_path(device: torch.device, settings: StudySettings) -> dict:
+    """The GPU settings a trial actually runs with (all off on the CPU), for its attributes."""
+    on_cuda = device.type == "cuda"
+    amp = autocast_dtype(device, settings)
+    return {"amp": str(amp).removeprefix("torch.") if amp else "off",
+            "channels_last": on_cuda and settings.channels_last,
+            "compile": on_cuda and settings.compile,
+            "cudnn_benchmark": on_cuda and torch.backends.cudnn.benchmark}
+
+
 def train_fold(
     params: TrialParams,
     data: TrainingData,

@@ -9,7 +9,7 @@ import torch
 from maskopt.search import training
 from maskopt.search.augment import BatchAugment
 from maskopt.search.space import parse_space
-from maskopt.search.training import BatchBuffers, TrainingData, prepare_batch, train_fold
+from maskopt.search.training import BatchBuffers, TrainingData, fast_path, prepare_batch, train_fold
 
 CPU = torch.device("cpu")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -65,3 +65,11 @@ def test_training_with_reused_buffers_equals_training_with_fresh_batches(monkeyp
     fresh_history, fresh_weights = train()
     assert reused_history == fresh_history
     assert all(torch.equal(a, b) for a, b in zip(reused_weights, fresh_weights))
+
+
+def test_fast_path_records_what_a_trial_really_runs_with(space_dict):
+    settings = parse_space(space_dict(study={"amp": False, "channels_last": True, "compile": True})).study
+    off = {"amp": "off", "channels_last": False, "compile": False, "cudnn_benchmark": False}
+    assert fast_path(CPU, settings) == off  # the GPU settings do nothing on the CPU
+    on_gpu = fast_path(torch.device("cuda"), settings)  # no GPU needed: amp off asks CUDA nothing
+    assert on_gpu["amp"] == "off" and on_gpu["channels_last"] is True and on_gpu["compile"] is True
