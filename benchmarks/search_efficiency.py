@@ -12,6 +12,12 @@ first trial's start; trials finishing after the budget are not counted):
   baseline's own 3-layer CNN is not a timm model). Re-run with a new seed each trial for the whole
   budget, so its best is the luckiest of several runs.
 
+Before the three, one unrecorded 1-epoch trial per backbone and batch size pays the one-time
+costs (cuDNN autotuning, first imports), which would otherwise all fall on the first side.
+Sizes: ``--quick`` 30 persons at 32 px, 25 s per side; full 120 persons, 480 s; ``--device cuda``
+the demo itself (200 persons at 48 px, demo.yaml's folds and epochs), 100 s; ``--budget`` sets
+the seconds per side.
+
 Reported: the best macro F1 each reaches within the budget, and the time each needs to first
 reach random search's final score. Targets: maskopt reaches it in at most half random search's
 time, and beats the baseline configuration. The code takes several seeds (alternating the order
@@ -160,8 +166,8 @@ def run(cfg: B.Config) -> B.Report:
         return B.median(r[side][key] for r in per_seed)
 
     report = B.Report(NAME, TITLE, settings={
-        "device": device, "budget_seconds": budget, "persons": persons, "images": persons * 7, "folds": folds, "epochs": epochs,
-        "image_size": image_size, "seeds": seeds, "threads": cfg.threads,
+        "device": device, "budget_seconds": budget, "persons": persons, "images": persons * 7, "folds": folds,
+        "epochs": epochs, "image_size": image_size, "seeds": seeds, "threads": cfg.threads,
         "maskopt": f"demo.yaml: sampler {ours.study.sampler}, pruner {ours.study.pruner}",
         "random": "demo.yaml params, RandomSampler, no pruner",
         "baseline": "resnet10t, sgd lr 1e-3 wd 5e-4, batch 64, ce, no aug, uniform, single head, no pretrained"})
