@@ -100,10 +100,11 @@ def main(argv=None) -> int:
             if args.markdown and (report.rows or report.table):
                 print()
                 print("\n".join(B.table_lines(report, markdown=True)))
-            path = B.write_json(report, cfg=cfg, command=command, load_before=before, load_after=B.load_average(),
+            after = B.load_average()
+            path = B.write_json(report, cfg=cfg, command=command, load_before=before, load_after=after,
                                 results_dir=args.results)
             shown = path.relative_to(B.ROOT) if path.is_relative_to(B.ROOT) else path
-            print(f"  ({report.seconds:.0f} s; load {before} -> {B.load_average()}; wrote {shown})", flush=True)
+            print(f"  ({report.seconds:.0f} s; load {before} -> {after}; wrote {shown})", flush=True)
     finally:
         if args.keep:
             print(f"\nscratch folder kept: {workdir}")

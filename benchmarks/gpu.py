@@ -22,10 +22,9 @@ IMAGE_SIZE = 224
 
 
 def full_space_backbones() -> list[str]:
-    from maskopt.search.space import Choice, Constant, load_space
+    from maskopt.search.space import discrete_values, load_space
 
-    dim = load_space(B.ROOT / "spaces" / "full.yaml", check_names=False).dims["backbone"]
-    return list(dim.values) if isinstance(dim, Choice) else [dim.value] if isinstance(dim, Constant) else []
+    return list(discrete_values(load_space(B.ROOT / "spaces" / "full.yaml", check_names=False).dims["backbone"]))
 
 
 def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int, seed: int = 0, amp: bool = True,
@@ -34,7 +33,8 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     import torch
 
     from maskopt.search.space import StudySettings, TrialParams
-    from maskopt.search.training import TrainingData, autocast_dtype, normalisation, predict_rows, train_fold
+    from maskopt.search.models import count_parameters
+    from maskopt.search.training import TrainingData, autocast_dtype, fast_path, normalisation, predict_rows, train_fold
 
     on_cuda = device.type == "cuda"
     settings = StudySettings(epochs=1, warmup_epochs=0.0, amp=amp, channels_last=channels_last, compile=False)
@@ -63,18 +63,18 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     images_gib = images.numel() * images.element_size() / 2**30
 
     mean, std = normalisation(model, device)
-    amp = autocast_dtype(device, settings)
+    autocast = autocast_dtype(device, settings)
     channels_last = on_cuda and settings.channels_last
-    predict_rows(model, images, rows[:batch * 2], device, mean, std, batch_size=batch * 2, amp_dtype=amp,
+    predict_rows(model, images, rows[:batch * 2], device, mean, std, batch_size=batch * 2, amp_dtype=autocast,
                  channels_last=channels_last)
     if on_cuda:
         torch.cuda.synchronize()
     with B.Timer() as ti:
-        predict_rows(model, images, rows, device, mean, std, batch_size=batch * 2, amp_dtype=amp,
+        predict_rows(model, images, rows, device, mean, std, batch_size=batch * 2, amp_dtype=autocast,
                      channels_last=channels_last)
         if on_cuda:
             torch.cuda.synchronize()
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    params_m = count_parameters(model)[0] / 1e6
     del model, images
     if on_cuda:
         torch.cuda.empty_cache()
@@ -83,7 +83,7 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
             "images_on_gpu_gib": images_gib,
             "peak_without_images_gib": None if peak_train is None else peak_train - images_gib,
             "infer_images_per_second": n / ti.seconds, "params_millions": round(params_m, 1),
-            "autocast": str(amp).replace("torch.", "") if amp else "off", "channels_last": channels_last}
+            **fast_path(device, settings)}
 
 
 def run(cfg: B.Config) -> B.Report:

@@ -32,13 +32,14 @@ def worker_main(args_json: str) -> None:
     from pathlib import Path
 
     from maskopt.search.runner import run_search
-    from maskopt.search.space import Constant
+    from maskopt.search.space import Constant, discrete_values
 
     space = B.benchmark_space(folds=args["folds"], epochs=args["epochs"], image_size=args["image_size"])
     if args["fixed"]:
         import dataclasses
 
-        fixed = {name: Constant(dim.value if isinstance(dim, Constant) else _first(dim)) for name, dim in space.dims.items()}
+        # The first choice of each dimension, the low end of each range.
+        fixed = {name: Constant((discrete_values(dim) or (dim.low,))[0]) for name, dim in space.dims.items()}
         space = dataclasses.replace(space, dims=fixed)
     out = open(args["out"], "w")
     count = [0]
@@ -56,14 +57,6 @@ def worker_main(args_json: str) -> None:
                study_name="memory", seed=args["seed"], device="cpu", cache_dir=Path(args["cache"]),
                threads=args["threads"], show_progress=False, log=after_trial)
     out.close()
-
-
-def _first(dim):
-    from maskopt.search.space import Choice
-
-    if isinstance(dim, Choice):
-        return dim.values[0]
-    return dim.low
 
 
 def run_worker(cfg: B.Config, *, label: str, fixed: bool, data, folds: int, epochs: int, image_size: int) -> list[dict]:

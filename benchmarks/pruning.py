@@ -28,14 +28,11 @@ def run_study(cfg: B.Config, space, data, *, name: str, trials: int, seed: int) 
     import optuna
 
     from maskopt.search.runner import run_search, top_trials
-    from maskopt.search.space import Component
 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
-    lines: list[str] = []
     with B.Timer() as t:
         run_search(space, n_trials=trials, storage_url=url, data=data, study_name=name, seed=seed, device="cpu",
-                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, show_progress=False,
-                   log=lambda line: (lines.append(line), cfg.debug(line)))
+                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, show_progress=False, log=cfg.debug)
     study = optuna.load_study(study_name=name, storage=url)
     rows = B.trial_table(study)
     top = top_trials(study, 1)
@@ -47,7 +44,7 @@ def run_study(cfg: B.Config, space, data, *, name: str, trials: int, seed: int) 
         "complete": sum(r["state"] == "COMPLETE" for r in rows),
         "trial_seconds": [r["seconds"] for r in rows if r["state"] == "COMPLETE"],
         "trials": rows,
-        "pruner": space.study.pruner.name if space.study.pruner != Component("none") else "none",
+        "pruner": space.study.pruner.name,
     }
 
 
@@ -98,7 +95,7 @@ def run(cfg: B.Config) -> B.Report:
                ratio=B.ratio(seconds_on, seconds_off), ratio_label="on/off")
     report.add("trials pruned", B.median(r["on"]["pruned"] for r in per_seed), B.median(r["off"]["pruned"] for r in per_seed),
                "pruner off")
-    report.details = {"per_seed": [{k: v for k, v in side.items()} for side in per_seed]}
+    report.details = {"per_seed": per_seed}
     complete_seconds = [s for r in per_seed for side in r.values() for s in side["trial_seconds"] if s]
     report.details["median_complete_trial_seconds"] = float(np.median(complete_seconds)) if complete_seconds else None
     return report

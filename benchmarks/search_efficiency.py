@@ -35,13 +35,12 @@ TITLE = "search efficiency: maskopt (TPE + pruning) vs random search vs the base
 
 
 def baseline_space(space):
-    from maskopt.search.space import Component, Constant
+    from maskopt.search.space import Constant
 
     fixed = dict(backbone="resnet10t", lr=1e-3, weight_decay=5e-4, batch_size=64, freeze_depth=0, sampler="uniform",
                  aug_strength=0.0, loss="ce", optimizer="sgd", age_old=60, head="single")
-    dims = dict(space.dims, **{k: Constant(v) for k, v in fixed.items()})
-    study = dataclasses.replace(space.study, sampler=Component("random"), pruner=Component("none"))
-    return dataclasses.replace(space, dims=dims, study=study)
+    random = random_space(space)
+    return dataclasses.replace(random, dims=dict(random.dims, **{k: Constant(v) for k, v in fixed.items()}))
 
 
 def random_space(space):
@@ -85,10 +84,10 @@ def warm_up_trials(cfg: B.Config, space, data, *, device: str) -> None:
     for all three.
     """
     from maskopt.search.runner import run_search
-    from maskopt.search.space import Component, Constant
+    from maskopt.search.space import Component, Constant, discrete_values
 
     baseline = baseline_space(space)
-    shapes = {(b, s) for b in values(space.dims["backbone"]) for s in values(space.dims["batch_size"])}
+    shapes = {(b, s) for b in discrete_values(space.dims["backbone"]) for s in discrete_values(space.dims["batch_size"])}
     shapes.add((baseline.dims["backbone"].value, baseline.dims["batch_size"].value))
     study = dataclasses.replace(space.study, epochs=1, pruner=Component("none"))
     for i, (backbone, batch_size) in enumerate(sorted(shapes)):
@@ -97,10 +96,6 @@ def warm_up_trials(cfg: B.Config, space, data, *, device: str) -> None:
                    storage_url=f"sqlite:///{cfg.workdir / 'warm-up.db'}", data=data, study_name=f"warm-up-{i}",
                    seed=cfg.seed, device=device, cache_dir=cfg.workdir / "cache", threads=cfg.threads,
                    show_progress=False, log=cfg.debug)
-
-
-def values(dim) -> tuple:
-    return dim.values if hasattr(dim, "values") else (dim.value,)
 
 
 def difference(a: float | None, b: float | None) -> float | None:
@@ -141,7 +136,6 @@ def run(cfg: B.Config) -> B.Report:
     data = B.demo_data(cfg, persons=persons, size=size)
     ours = B.benchmark_space(folds=folds, epochs=epochs, image_size=image_size)
     spaces = {"maskopt": ours, "random": random_space(ours), "baseline": baseline_space(ours)}
-    B.warm_up(cfg, data, image_size, device=device)
     with B.Timer() as warm:
         warm_up_trials(cfg, ours, data, device=device)
     cfg.log(f"warm-up trials (one per backbone and batch size, unrecorded): {warm.seconds:.0f} s")

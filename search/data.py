@@ -13,7 +13,7 @@ import numpy as np
 
 from maskopt.errors import DataError
 from maskopt.search.cache import load_images
-from maskopt.search.dataset import ImageDataset, format_problems
+from maskopt.search.dataset import EXCLUDE_BROKEN_HINT, ImageDataset, format_problems
 from maskopt.search.folds import person_folds
 
 
@@ -81,8 +81,7 @@ def prepare_data(dataset: ImageDataset, *, image_sizes, cache_dir: str | Path | 
         listed = [f"{dataset.paths[i]}: {reason}" for i, reason in sorted(bad.items())]
         if not exclude_broken:
             raise DataError(format_problems(f"{len(bad)} image(s) cannot be read", listed)
-                            + "\nReplace or delete them, or pass --exclude-broken (or set exclude_broken: true under study: in the "
-                            "space) to leave their persons out.")
+                            + f"\nReplace or delete them, or {EXCLUDE_BROKEN_HINT} to leave their persons out.")
         broken_groups = {dataset.groups[i] for i in bad}
         keep = ~np.isin(dataset.groups, list(broken_groups))
         rows = rows[keep]

@@ -27,6 +27,9 @@ TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 CORRECTION_FIXES = ("male", "female", "swap_incorrect_normal")
 MAX_LISTED_PROBLEMS = 20
 
+# How to go on when some persons are broken: said by every error that lists them.
+EXCLUDE_BROKEN_HINT = "pass --exclude-broken (or set exclude_broken: true under study: in the space)"
+
 
 @dataclass(frozen=True)
 class ImageDataset:
@@ -217,8 +220,7 @@ def _load_competition(root: Path, *, corrections, exclude_broken: bool) -> Image
             # Excluding every person would leave only "holds no images"; the problems say why.
             raise DataError(
                 format_problems(f"{len(flat)} problem(s) in {train_csv} and its image folders", flat)
-                + ("\nFix them, or pass --exclude-broken (or set exclude_broken: true under study: in the space) to leave those "
-                   "persons out." if not exclude_broken
+                + (f"\nFix them, or {EXCLUDE_BROKEN_HINT} to leave those persons out." if not exclude_broken
                    else "\nEvery person has a problem, so excluding them would leave nothing; fix them.")
             )
         notes.append(f"excluded {len(problems)} person(s) with problems: " + "; ".join(flat[:5])

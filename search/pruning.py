@@ -49,7 +49,10 @@ def build_sampler(component: Component, *, seed: int) -> optuna.samplers.BaseSam
     Optuna 5's TPE defaults (multivariate, constant liar) already suit parallel workers:
     a running trial counts as a bad result, so workers do not all sample the same point.
     """
-    return sampler_class(component.name)(seed=seed, **component.kwargs())
+    with warnings.catch_warnings():
+        # Some samplers (gp, qmc) are marked experimental; chosen knowingly, a warning per run is noise.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return sampler_class(component.name)(seed=seed, **component.kwargs())
 
 
 def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:

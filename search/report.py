@@ -367,6 +367,8 @@ def _slice_section(study: optuna.Study, facts: _Facts) -> str:
 
 
 def _top_table(facts: _Facts) -> str:
+    from maskopt.search.runner import format_value
+
     if not facts.top:
         return _skipped("No trial has finished every fold yet, so there is nothing to rank.")
     n_folds = max([facts.folds or 0] + [len(t.user_attrs.get("fold_f1", ())) for t in facts.top])
@@ -380,7 +382,7 @@ def _top_table(facts: _Facts) -> str:
         cells += [f"{np.std(folds):.4f}" if folds else "", _duration(t.user_attrs.get("seconds")),
                   f"{t.user_attrs.get('images_per_second', 0):,.0f}"]
         row = "".join(f"<td>{c}</td>" for c in cells)
-        row += "".join(f'<td class="param">{_e(_short(t.params.get(p, "")))}</td>' for p in facts.params)
+        row += "".join(f'<td class="param">{_e(format_value(t.params.get(p, "")))}</td>' for p in facts.params)
         rows.append(f"<tr>{row}</tr>")
     header = "".join(f'<th class="{"param" if i >= len(head) - len(facts.params) else ""}">{_e(h)}</th>'
                      for i, h in enumerate(head))
@@ -559,12 +561,6 @@ def _e(text) -> str:
 
 def _count(n, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
 
 
 def _duration(seconds) -> str:

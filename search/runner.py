@@ -80,7 +80,7 @@ def _has_waiting(study: optuna.Study) -> bool:
 def free_cores() -> int:
     """Cores not already busy: the core count minus the 1-minute load average, at least 1."""
     cores = os.cpu_count() or 1
-    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+    return max(1, int(cores - os.getloadavg()[0] + 0.5))
 
 
 def setup_torch(device: str, threads: int | None = None):
@@ -135,7 +135,7 @@ def open_search(
     from maskopt.search.data import prepare_data
     from maskopt.search.dataset import load_dataset
     from maskopt.search.pruning import build_pruner, build_sampler
-    from maskopt.search.space import Choice, Constant
+    from maskopt.search.space import discrete_values
     from maskopt.storage import create_or_load_study, open_storage, resolve_url
 
     overrides = {"data": str(data) if data else None, "name": study_name, "seed": seed,
@@ -149,8 +149,7 @@ def open_search(
     dataset = load_dataset(settings.data, layout=settings.layout, corrections=settings.corrections,
                            exclude_broken=settings.exclude_broken)
     space, layout_notes = space.for_layout(dataset.layout)
-    size_dim = space.dims["image_size"]
-    sizes = [size_dim.value] if isinstance(size_dim, Constant) else list(size_dim.values) if isinstance(size_dim, Choice) else []
+    sizes = list(discrete_values(space.dims["image_size"]))
     data_ready = prepare_data(dataset, image_sizes=sizes, cache_dir=cache_dir, exclude_broken=settings.exclude_broken,
                               progress=show_progress)
     notes = tuple(layout_notes) + data_ready.dataset.notes
@@ -310,7 +309,7 @@ def top_trials(study: optuna.Study, n: int = 5) -> list[optuna.trial.FrozenTrial
     return sorted(complete, key=lambda t: t.value, reverse=True)[:n]
 
 
-def describe_trial(trial: optuna.trial.FrozenTrial, width: int = 80) -> str:
+def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     """A few lines per finished trial: number, state, F1, time, reason; parameters wrapped below."""
     attrs = trial.user_attrs
     state = trial.state.name
@@ -324,18 +323,19 @@ def describe_trial(trial: optuna.trial.FrozenTrial, width: int = 80) -> str:
     head = f"trial {trial.number:>3} {state:<8} {score}  {attrs.get('seconds', 0):6.1f}s"
     if reason and state != "COMPLETE":
         head += f"  {reason}"
-    return head + "\n" + format_params(trial.params, width=width)
+    return head + "\n" + format_params(trial.params)
 
 
 def format_params(params: dict, *, width: int = 80, indent: str = "    ") -> str:
     """``name=value`` pairs wrapped to ``width`` columns."""
     import textwrap
 
-    text = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    text = " ".join(f"{k}={format_value(v)}" for k, v in params.items())
     return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
 
 
-def _short(value) -> str:
+def format_value(value) -> str:
+    """A parameter value as people read it: floats to 3 significant digits."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

@@ -302,10 +302,6 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
 def _check_components_build(v: _Validator, settings: StudySettings) -> None:
     """Build the sampler and pruner once, so option values their constructors refuse (a
     percentile of 200, a string count) are reported here, before any storage is touched."""
-    import warnings
-
-    import optuna
-
     from maskopt.search.pruning import build_pruner, build_sampler
 
     builders = {"sampler": lambda: build_sampler(settings.sampler, seed=settings.seed),
@@ -313,9 +309,7 @@ def _check_components_build(v: _Validator, settings: StudySettings) -> None:
     for key, build in builders.items():
         component = getattr(settings, key)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                build()
+            build()
         except (TypeError, ValueError) as e:
             v.fail(f"study.{key}", {"name": component.name, **component.kwargs()},
                    f"options the {component.name} {key} accepts ({e})")
@@ -397,20 +391,23 @@ def _check_registry_names(v: _Validator, dims: dict[str, Dimension]) -> None:
     from maskopt.errors import MaskoptError
     from maskopt.search.models import check_backbone
 
-    for value in _values(dims["backbone"]):
+    for value in discrete_values(dims["backbone"]):
         try:
             check_backbone(value)
         except MaskoptError as e:
             v.fail("params.backbone", value, f"a timm backbone name ({e})")
     optimizers = timm.optim.list_optimizers()
-    for value in _values(dims["optimizer"]):
+    for value in discrete_values(dims["optimizer"]):
         if value not in optimizers:
             close = difflib.get_close_matches(value, optimizers, n=5, cutoff=0.6)
             v.fail("params.optimizer", value, f"a timm optimizer name ({'closest: ' + ', '.join(close) if close else 'see timm.optim.list_optimizers()'})")
 
 
-def _values(dim: Dimension) -> tuple:
-    return (dim.value,) if isinstance(dim, Constant) else dim.values
+def discrete_values(dim: Dimension) -> tuple:
+    """The values a constant or a choice can take; empty for a range."""
+    if isinstance(dim, Constant):
+        return (dim.value,)
+    return dim.values if isinstance(dim, Choice) else ()
 
 
 class _Validator:
