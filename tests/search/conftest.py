@@ -7,7 +7,6 @@ Everything here is sized for a shared 2-core CPU: 20 persons at 32 px, the small
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +83,7 @@ def write_space(tmp_path):
         path = tmp_path / name
         if raw is None:
             raw = tiny_space_dict(study=study, params=params)
-        path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(copy.deepcopy(raw), sort_keys=False))
+        path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw, sort_keys=False))
         return path
 
     return write

@@ -271,7 +271,7 @@ def data_missing_an_eval_image(main_study, tmp_path) -> tuple[Path, Path, int]:
     return data, data / "eval" / "images" / image_id, line
 
 
-def test_missing_eval_image_stops_the_export_before_retraining(main_study, data_missing_an_eval_image, tmp_path):
+def test_missing_eval_image_stops_the_export_before_retraining(main_study, data_missing_an_eval_image):
     data, missing, line = data_missing_an_eval_image
     before = {**tree_digest(main_study.export), **tree_digest(main_study.db)}
     result = export_cli(main_study, "--data", data, "--out", main_study.export, "--force")

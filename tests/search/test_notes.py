@@ -58,7 +58,7 @@ def test_note_and_artifact_are_stored_with_the_trial(study, tmp_path):
         assert image.format == "PNG" and min(image.size) > 400
 
 
-def test_without_artifact_dir_only_the_note(study, tmp_path):
+def test_without_artifact_dir_only_the_note(study):
     trial = study.ask()
     assert record(trial, None) is None
     study.tell(trial, 0.7)
@@ -74,7 +74,7 @@ def test_other_class_counts_and_names(study, tmp_path):
     assert (tmp_path / "a" / artifact_id).is_file()
 
 
-def test_notes_of_two_trials_stay_apart(study, tmp_path):
+def test_notes_of_two_trials_stay_apart(study):
     first, second = study.ask(), study.ask()
     record(first, None)
     record_trial_note(second, params={"lr": 0.5}, fold_f1=[0.1], fold_accuracy=[0.2], seconds=5.0,
