@@ -6,13 +6,7 @@ import json
 
 import click
 
-from maskopt.commands.options import storage_option
-
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-threads_option = click.option("--threads", type=click.IntRange(min=1), envvar="MASKOPT_THREADS",
-                              help="CPU threads  [env: MASKOPT_THREADS; default: the free cores]")
-cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MASKOPT_CACHE_DIR",
-                            help="Decoded-image cache  [env: MASKOPT_CACHE_DIR; default: ~/.cache/maskopt]")
+from maskopt.commands.options import cache_option, device_option, storage_option, threads_option
 
 
 @click.command("export-best")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from maskopt.commands.options import storage_option
+from maskopt.commands.options import artifacts_option, cache_option, device_option, storage_option, threads_option
 
 
 @click.command()
@@ -18,14 +18,11 @@ from maskopt.commands.options import storage_option
 @storage_option
 @click.option("--study", "study_name", help="Study name (default: the space's study.name).")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Stop starting new trials after SECONDS.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--seed", type=int, help="Seed (default: the space's study.seed).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="MASKOPT_CACHE_DIR",
-              help="Decoded-image cache  [env: MASKOPT_CACHE_DIR; default: ~/.cache/maskopt]")
-@click.option("--threads", type=click.IntRange(min=1), envvar="MASKOPT_THREADS",
-              help="CPU threads for training  [env: MASKOPT_THREADS; default: the free cores]")
-@click.option("--artifacts", "artifact_dir", type=click.Path(file_okay=False), default="maskopt-artifacts",
-              show_default=True, help="Folder for trial artifacts (confusion matrices) shown by the dashboard.")
+@cache_option
+@threads_option
+@artifacts_option("Folder for trial artifacts (confusion matrices) shown by the dashboard.")
 @click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds between worker heartbeats; a silent worker's trial is re-run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import click
 
-_WIDTH = 80
-# Copies of maskopt.storage's DEFAULT_STORAGE_URL and DEFAULT_ARTIFACT_DIR: importing it here
-# would load optuna for every `maskopt --help`. A test checks they agree.
-_DEFAULT_STORAGE_URL = "sqlite:///maskopt.db"
-_DEFAULT_ARTIFACT_DIR = "maskopt-artifacts"
+from maskopt.commands.options import artifacts_option, storage_option
 
-_storage_option = click.option(
-    "--storage",
-    "storage_url",
-    envvar="MASKOPT_STORAGE",
-    show_envvar=True,
-    metavar="URL",
-    help=f"Study storage, a SQLAlchemy URL (default: {_DEFAULT_STORAGE_URL} in this folder).",
-)
+_WIDTH = 80
 
 
 @click.command()
-@_storage_option
+@storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def studies(storage_url, as_json):
+def studies(storage, as_json):
     """List the studies in a storage, with trial counts and best values.
 
     \b
@@ -35,12 +24,12 @@ def studies(storage_url, as_json):
 
     from maskopt.storage import list_studies, open_storage, redact, resolve_url
 
-    storage = open_storage(storage_url, heartbeat_interval=None, create=False)
-    summaries = list_studies(storage)
+    opened = open_storage(storage, heartbeat_interval=None, create=False)
+    summaries = list_studies(opened)
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
         return
-    url = redact(resolve_url(storage_url))
+    url = redact(resolve_url(storage))
     if not summaries:
         click.echo(f"No studies in {url}. Create one with `maskopt search`.")
         return
@@ -85,20 +74,13 @@ def _cut(name: str, width: int) -> str:
 
 
 @click.command()
-@_storage_option
+@storage_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port."
 )
-@click.option(
-    "--artifacts",
-    "artifact_dir",
-    default=_DEFAULT_ARTIFACT_DIR,
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder of the trials' artifacts (plots, files).",
-)
-def dashboard(storage_url, host, port, artifact_dir):
+@artifacts_option("Folder of the trials' artifacts (plots, files).")
+def dashboard(storage, host, port, artifact_dir):
     """Serve optuna-dashboard on a storage: history, importances, trials, artifacts.
 
     It has no authentication, so it listens on this machine only (127.0.0.1) unless --host
@@ -117,10 +99,10 @@ def dashboard(storage_url, host, port, artifact_dir):
 
     from maskopt.storage import artifact_store, open_storage, redact, resolve_url
 
-    storage = open_storage(storage_url, heartbeat_interval=None, create=False)
+    opened = open_storage(storage, heartbeat_interval=None, create=False)
     store = artifact_store(artifact_dir)
     shown_host = f"[{host}]" if ":" in host else host
-    url = redact(resolve_url(storage_url))
+    url = redact(resolve_url(storage))
     click.echo(f"optuna-dashboard: http://{shown_host}:{port}/  (storage {url}; Ctrl-C stops it)")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -133,7 +115,7 @@ def dashboard(storage_url, host, port, artifact_dir):
             err=True,
         )
     try:
-        run_server(storage, host=host, port=port, artifact_store=store)
+        run_server(opened, host=host, port=port, artifact_store=store)
     except OSError as e:
         raise click.ClickException(
             f"Cannot listen on {host}:{port} ({e.strerror or e}). Choose another --port, or stop "
