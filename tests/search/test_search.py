@@ -241,22 +241,31 @@ def test_wilcoxon_reports_per_fold_and_stops_a_worse_trial_early(space_dict, dem
         params={"lr": {"low": 1e-8, "high": 0.1, "log": True}}))
     url = f"sqlite:///{tmp_path / 's.db'}"
     queued = optuna.create_study(storage=url, study_name="tiny", direction="maximize")
-    for lr in (0.01, 1e-8):
-        queued.enqueue_trial({"lr": lr})
-    study, _ = search(space, tmp_path, cache_dir, n_trials=2)
+    queued.enqueue_trial({"lr": 0.01})
+    study, _ = search(space, tmp_path, cache_dir, n_trials=1)  # no best trial yet: nothing to compare to
 
-    good, weak = study.trials
-    assert good.state == TrialState.COMPLETE
-    assert sorted(good.intermediate_values) == [0, 1, 2]  # steps are folds
-    assert list(good.intermediate_values.values()) == pytest.approx(good.user_attrs["fold_f1"], abs=1e-6)
-    assert "pruned_after_folds" not in good.user_attrs
-    # After two folds no better than the best trial's (one epoch leaves both trials near chance, so
-    # a loose threshold), it stops. Optuna's advice for Wilcoxon is to return the mean so far:
-    # the trial is COMPLETE, marked, and never the best to export.
+    (first,) = study.trials
+    assert first.state == TrialState.COMPLETE
+    assert sorted(first.intermediate_values) == [0, 1, 2]  # steps are folds
+    assert list(first.intermediate_values.values()) == pytest.approx(first.user_attrs["fold_f1"], abs=1e-6)
+    assert "pruned_after_folds" not in first.user_attrs
+
+    # A reference that no real trial can match (F1 1.0 on every fold), so the comparison below does
+    # not depend on how well a tiny trial happens to learn.
+    perfect = optuna.trial.create_trial(
+        params={"lr": 0.01}, distributions={"lr": optuna.distributions.FloatDistribution(1e-8, 0.1, log=True)},
+        value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0}, user_attrs={"fold_f1": [1.0, 1.0, 1.0]})
+    study.add_trial(perfect)
+    study.enqueue_trial({"lr": 1e-3})
+    study, _ = search(space, tmp_path, cache_dir, n_trials=3)
+
+    weak = study.trials[2]
+    # After two folds worse than the best trial's, it stops. Optuna's advice for Wilcoxon is to
+    # return the mean so far: the trial is COMPLETE, marked, and never the best to export.
     assert weak.state == TrialState.COMPLETE and weak.user_attrs["pruned_after_folds"] == 2
     assert weak.value == pytest.approx(np.mean(weak.user_attrs["fold_f1"]), abs=1e-5)
     assert sorted(weak.intermediate_values) == [0, 1]
-    assert [t.number for t in top_trials(study)] == [0]
+    assert [t.number for t in top_trials(study)] == [1, 0]
 
 
 def test_class_folder_dataset_fixes_competition_only_params_with_a_note(space_dict, demo_data, cache_dir, tmp_path):
