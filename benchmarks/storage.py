@@ -33,7 +33,7 @@ NAME = "storage"
 TITLE = "storage: per-trial overhead and trials/s with 1, 2, 4 workers, SQLite and PostgreSQL"
 
 POSTGRES_ADMIN_URL = os.environ.get(
-    "MASKOPT_TEST_POSTGRES_URL", "postgresql+psycopg2://maskopt:maskopt-test-pw@127.0.0.1:5432/maskopt_test")
+    "MASKOPT_TEST_POSTGRES_URL", "postgresql://maskopt:maskopt-test-pw@127.0.0.1:5432/maskopt_test")
 FOLDS, EPOCHS = 3, 4
 WORKERS = (1, 2, 4)
 FALLBACK_TRIAL_SECONDS = 10.0

@@ -11,12 +11,12 @@ DEFAULT_STORAGE_URL = "sqlite:///maskopt.db"
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql", "mysql")
 
-# Drivers tried, in order, for a URL that names none ("postgresql://"). SQLAlchemy 2.1's own
-# default for PostgreSQL is psycopg (3), but maskopt depends on psycopg2-binary, so a bare
-# postgresql:// URL would fail on a default install without this choice.
+# Drivers tried, in order, for a URL that names none ("postgresql://"). maskopt depends on
+# psycopg (3) because it is SQLAlchemy 2.1's own default: then a bare postgresql:// URL also works
+# in optuna-dashboard and optuna.load_study next to maskopt. psycopg2, where installed, still works.
 _DRIVER_PREFERENCE = {
     "sqlite": ("pysqlite",),
-    "postgresql": ("psycopg2", "psycopg", "pg8000"),
+    "postgresql": ("psycopg", "psycopg2", "pg8000"),
     "mysql": ("mysqldb", "pymysql", "mysqlconnector"),
 }
 

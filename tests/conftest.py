@@ -30,7 +30,7 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 POSTGRES_ADMIN_URL = os.environ.get(
     "MASKOPT_TEST_POSTGRES_URL",
-    "postgresql+psycopg2://maskopt:maskopt-test-pw@127.0.0.1:5432/maskopt_test",
+    "postgresql://maskopt:maskopt-test-pw@127.0.0.1:5432/maskopt_test",
 )
 
 

@@ -1,6 +1,7 @@
 """open_storage: engine settings, the heartbeat, and errors that say what to do."""
 
 import importlib.util
+import io
 import time
 import warnings
 
@@ -90,11 +91,22 @@ def test_missing_mysql_driver_says_what_to_pip_install():
     assert "secret-pw" not in str(info.value)
 
 
-def test_bare_postgresql_url_uses_the_installed_psycopg2(fresh_postgres_url):
-    # SQLAlchemy 2.1's default PostgreSQL driver is psycopg (3), which maskopt does not install.
+def test_bare_postgresql_url_works_in_maskopt_and_in_optunas_own_tools(fresh_postgres_url):
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg (3); maskopt installs it, so Optuna and
+    # optuna-dashboard, which pass the URL to SQLAlchemy as it is, open the same study.
     bare = make_url(fresh_postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
     storage = open_storage(bare)
-    assert storage.engine.dialect.driver in ("psycopg2", "psycopg")
+    assert storage.engine.dialect.driver == "psycopg"
+    optuna.create_study(storage=storage, study_name="shared").set_user_attr("written_by", "maskopt")
+    assert optuna.load_study(storage=bare, study_name="shared").user_attrs == {"written_by": "maskopt"}
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(bare)
+    statuses = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "wsgi.input": io.BytesIO(),
+                         "SERVER_NAME": "localhost", "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO()},
+                        lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses[0].startswith("200") and b'"shared"' in body
 
 
 def test_postgresql_engine_settings(postgres_url):
