@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from maskopt.errors import MaskoptError, SpaceError
 SPACE_ATTR = "maskopt_space"
 OBJECTIVE_NAME = "macro F1"
 SAMPLER_SEED_STRIDE = 1_000
+WAIT_POLL_SECONDS = 2.0  # how often a worker that reached the total looks at others' running trials
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -75,6 +78,71 @@ def counted_trials(study: optuna.Study) -> int:
 
 def _has_waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _trials_left(study: optuna.Study, n_trials: int) -> bool:
+    # Waiting trials (enqueued, or re-queued after a dead worker) count towards the total
+    # already, so they must run even when the count has reached it.
+    return counted_trials(study) < n_trials or _has_waiting(study)
+
+
+def _worker_is_gone(worker: str | None) -> bool:
+    """True when ``worker`` ("host:pid") is a process on this machine that no longer exists."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, run by another user
+    return False
+
+
+def _heartbeat_on(study: optuna.Study) -> bool:
+    # RDBStorage has heartbeats; other storages have no get_heartbeat_interval at all.
+    interval = getattr(study._storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
+
+
+def recover_dead_trials(study: optuna.Study) -> int:
+    """Fail the RUNNING trials whose worker is dead and queue their retries; returns how many.
+
+    Optuna's heartbeat finds a dead worker anywhere once its grace period has passed. A worker
+    on this machine whose process is gone is known dead at once, so a rerun right after a
+    SIGKILL retries its trial instead of counting it as running forever.
+    """
+    storage = study._storage
+    heartbeat = _heartbeat_on(study)
+    with warnings.catch_warnings():  # experimental since Optuna 2.9; it is what optimize() calls too
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        optuna.storages.fail_stale_trials(study)
+        recovered = running - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    retry = storage.get_heartbeat_stale_trial_callback() if heartbeat else None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _worker_is_gone(trial.user_attrs.get("worker")):
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first; its retry is that worker's
+        recovered += 1
+        if retry is not None:
+            retry(study, storage.get_trial(trial._trial_id))
+    return recovered
+
+
+def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
+    """The sampler's seed for one run of one worker: reproducible, but never the same twice.
+
+    Workers seeded alike would draw the same random points, and so would every rerun of a
+    resumed study; the worker's index and the number of trials already in the study tell them
+    apart. The same seed, space and history still give the same proposals.
+    """
+    return seed + SAMPLER_SEED_STRIDE * worker_index + len(study.get_trials(deepcopy=False))
 
 
 def free_cores() -> int:
@@ -162,12 +230,10 @@ def open_search(
     # Each finished trial gets its own line from maskopt, failures with their reason; Optuna's
     # INFO lines and its tracebacks for failed trials would only repeat them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    # Workers seeded alike would draw the same random start-up points; the index tells them apart.
-    sampler_seed = settings.seed + SAMPLER_SEED_STRIDE * worker_index
     study = create_or_load_study(storage=storage, study_name=settings.name, direction="maximize",
-                                 sampler=build_sampler(settings.sampler, seed=sampler_seed),
                                  pruner=build_pruner(settings))
     _bind_space(study, space)
+    study.sampler = build_sampler(settings.sampler, seed=sampler_seed(settings.seed, worker_index, study))
     return OpenedSearch(space, data_ready, study, url, notes)
 
 
@@ -234,6 +300,7 @@ def run_search(
 
     from tqdm.auto import tqdm
 
+    recover_dead_trials(study)
     already = counted_trials(study)
     trial_bar = tqdm(total=n_trials, initial=min(already, n_trials), desc="trials", unit="trial",
                      disable=not show_progress, position=0, dynamic_ncols=True)
@@ -243,6 +310,7 @@ def run_search(
                     disable=not show_progress, dynamic_ncols=True)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        recover_dead_trials(study)
         counted = counted_trials(study)
         trial_bar.n = min(counted, n_trials)
         trial_bar.refresh()
@@ -258,11 +326,14 @@ def run_search(
                           epoch_bar=epoch_bar if show_progress else None, artifact_dir=artifact_dir)
     try:
         with _sigterm_as_interrupt():
-            # Waiting trials (enqueued, or re-queued after a dead worker) count towards the total
-            # already, so they must run even when the count has reached it.
-            if already < n_trials or _has_waiting(study):
-                study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=(Exception,),
-                               gc_after_trial=True)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                if _trials_left(study, n_trials):
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    study.optimize(objective, timeout=left, callbacks=[after_trial], catch=(Exception,),
+                                   gc_after_trial=True)
+                if not _wait_for_running_trials(study, n_trials, deadline, log):
+                    break
     except KeyboardInterrupt as e:
         raise SearchInterrupted(
             f"search interrupted; the running trial was marked FAIL. Run the same command to continue "
@@ -271,6 +342,29 @@ def run_search(
         trial_bar.close()
 
     return summary_of(study, url, n_trials, notes)
+
+
+def _wait_for_running_trials(study: optuna.Study, n_trials: int, deadline: float | None, log) -> bool:
+    """Wait while other workers' trials run; True when one of them died and left work here.
+
+    A running trial counts towards the total, so a worker that stopped at once would leave the
+    study short whenever that trial's worker dies. Only the heartbeat can tell that it died, so
+    without one the worker stops.
+    """
+    if not _heartbeat_on(study):
+        return False
+    told = False
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if not told:
+            log("waiting for other workers' running trials: one whose worker dies is re-run here")
+            told = True
+        time.sleep(WAIT_POLL_SECONDS)
+        recover_dead_trials(study)
+        if _trials_left(study, n_trials):
+            return True
+    return False
 
 
 def summary_of(study: optuna.Study, storage_url: str, n_trials: int, notes: tuple[str, ...] = ()) -> SearchResult:

@@ -154,3 +154,60 @@ def test_unreachable_storage_gives_one_paragraph_without_the_password(tiny_data,
     assert out.startswith("Error:") or "\nError:" in out
     assert "s3cret-pw" not in out
     assert "Traceback" not in out
+
+
+def finished_and_running(storage: str, name: str) -> tuple[list, list]:
+    trials = load(storage, name).get_trials()
+    return ([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)],
+            [t for t in trials if t.state == TrialState.RUNNING])
+
+
+def test_sigkill_then_immediate_rerun_on_sqlite_finishes_the_total(tiny_data, tmp_path):
+    # The default heartbeat (30 s) has not gone stale when the rerun starts: the rerun knows
+    # the killed worker is gone because its process no longer exists on this machine.
+    storage = f"sqlite:///{tmp_path / 'kill.db'}"
+    space = write_space(tmp_path, "kill", epochs=3)
+    victim = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
+    doomed = wait_for_running_trial(storage, "kill", victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+
+    rerun = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
+    out = finish(rerun)
+    assert rerun.returncode == 0, out
+    finished, running = finished_and_running(storage, "kill")
+    assert len(finished) == 3 and running == []
+    trials = load(storage, "kill").get_trials()
+    assert trials[doomed.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == doomed.number]
+    assert retry.params == doomed.params and retry in finished
+
+
+def test_survivor_of_two_postgres_workers_waits_and_reruns_the_killed_trial(fresh_postgres_url, tiny_data, tmp_path):
+    space = write_space(tmp_path, "pair", epochs=2)
+    cache = tmp_path / "cache"
+    survivor = start_worker(space, tiny_data, fresh_postgres_url, 6, cache)
+    victim = start_worker(space, tiny_data, fresh_postgres_url, 6, cache, "--worker-index", "1")
+    doomed = wait_for_running_trial(fresh_postgres_url, "pair", victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    out = finish(survivor, timeout=400)
+    assert survivor.returncode == 0, out
+
+    finished, running = finished_and_running(fresh_postgres_url, "pair")
+    assert len(finished) == 6 and running == []  # not 5 of 6: the dead worker's trial did not count
+    assert any(t.system_attrs.get("failed_trial") == doomed.number for t in finished)
+
+
+def test_a_resumed_study_does_not_repeat_its_first_configuration_but_stays_reproducible(tiny_data, tmp_path):
+    def lrs(db: str, *totals: int) -> list[float]:
+        storage = f"sqlite:///{tmp_path / db}"
+        for total in totals:
+            run = start_worker(space, tiny_data, storage, total, tmp_path / "cache")
+            assert finish(run) is not None and run.returncode == 0
+        return [t.params["lr"] for t in load(storage, "seeded").get_trials()]
+
+    space = write_space(tmp_path, "seeded")
+    resumed = lrs("resumed.db", 1, 2)
+    assert resumed[0] != resumed[1]  # the rerun's sampler was not seeded as the first run's
+    assert lrs("again.db", 1, 2) == resumed  # same seed, same history: same proposals
