@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from maskopt.errors import DataError, ExportError
+from maskopt.errors import DataError, ExportError, SpaceError
 from maskopt.search import labels as L
 
 CONFIG_FILE = "config.json"
+EXPORT_FORMAT = "maskopt-export/1"
 SUBMISSION_FILE = "submission.csv"
 EXPORT_ATTR = "maskopt_export"
 
@@ -80,7 +81,7 @@ def export_best(
     from maskopt.search.data import prepare_data
     from maskopt.search.dataset import load_dataset
     from maskopt.search.objective import fold_seed, release_memory
-    from maskopt.search.runner import SPACE_ATTR, setup_torch, top_trials
+    from maskopt.search.runner import SPACE_ATTR, check_study_name, setup_torch, top_trials
     from maskopt.search.space import parse_space
     from maskopt.search.training import mean_std, train_fold, train_full
     from maskopt.storage import load_existing_study, open_storage
@@ -98,9 +99,17 @@ def export_best(
         raise ExportError(f"study {study.study_name!r} has no complete trial to export ({counts}); "
                           f"run more trials with maskopt search")
     best = best[0]
-    out = Path(out) if out is not None else Path("exports") / study.study_name
+    if out is None:
+        try:
+            out = Path("exports") / check_study_name(study.study_name)
+        except SpaceError as e:
+            raise ExportError(f"{e} Or pass --out FOLDER for this study's export.") from None
+    out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it, or --out another folder")
+    if out.exists() and not (_is_export(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise ExportError(f"{out} exists and is not a maskopt export (no {CONFIG_FILE} of format {EXPORT_FORMAT!r}); "
+                          f"it is left as it is. Pass --out another folder.")
 
     space = parse_space(study.user_attrs[SPACE_ATTR], source=f"study {study.study_name!r}", check_names=False)
     settings = space.study
@@ -154,7 +163,7 @@ def export_best(
             save_model(model.cpu(), str(tmp / name))
         mean, std = mean_std(models[0][1])
         config = {
-            "format": "maskopt-export/1",
+            "format": EXPORT_FORMAT,
             "backbone": params.backbone,
             "head": params.head,
             "num_classes": dataset.num_classes,
@@ -207,6 +216,15 @@ def _eval_set(data_path: Path, layout: str):
         return None
     eval_set = load_eval(data_path)
     return eval_set.image_ids, eval_set.paths
+
+
+def _is_export(folder: Path) -> bool:
+    """True when ``folder`` holds an export that maskopt wrote, so replacing it loses nothing else."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == EXPORT_FORMAT
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import time
@@ -26,6 +27,8 @@ from maskopt.errors import MaskoptError, SpaceError
 SPACE_ATTR = "maskopt_space"
 OBJECTIVE_NAME = "macro F1"
 SAMPLER_SEED_STRIDE = 1_000
+# A study's name is also its export folder's (exports/<name>): no separators, no "..", no hidden names.
+STUDY_NAME_PATTERN = re.compile(r"[^\W][\w.-]{0,99}")
 WAIT_POLL_SECONDS = 2.0  # how often a worker that reached the total looks at others' running trials
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -135,6 +138,17 @@ def recover_dead_trials(study: optuna.Study) -> int:
     return recovered
 
 
+def check_study_name(name: str) -> str:
+    """``name`` if it can name a folder under exports/, else a SpaceError saying what is allowed."""
+    if not STUDY_NAME_PATTERN.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise SpaceError(
+            f"study name {shown!r} cannot be used: it also names the export folder exports/<name>, so it may "
+            f"hold only letters, digits, '_', '.' and '-', start with a letter or digit, and have at most 100 "
+            f"characters. Give another --study name or study.name in the space.")
+    return name
+
+
 def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
     """The sampler's seed for one run of one worker: reproducible, but never the same twice.
 
@@ -211,6 +225,7 @@ def open_search(
     overrides = {k: v for k, v in overrides.items() if v is not None}
     space = dataclasses.replace(space, study=dataclasses.replace(space.study, **overrides))
     settings = space.study
+    check_study_name(settings.name)
     if settings.data is None:
         raise SpaceError(f"{space.source}: no dataset: set study.data in the space or pass --data")
 

@@ -159,7 +159,7 @@ def test_predict_from_the_export_reproduces_the_submission(main_study, tmp_path)
 
 def test_export_from_storage_alone_refuses_an_existing_folder_then_replaces_it_with_force(main_study, best):
     out = main_study.root / "again"
-    out.mkdir()
+    shutil.copytree(main_study.export, out)  # an earlier export: --force may replace only those
     (out / "keep.txt").write_text("mine")
     before = tree_digest(out)
 
