@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -94,7 +95,7 @@ def open_storage(
     Args:
         url: A SQLAlchemy URL (``sqlite:///FILE``, ``postgresql://USER:PASSWORD@HOST/DB``,
             ``mysql://...``), or None / "" for ``DEFAULT_STORAGE_URL``. A URL naming no
-            driver uses the first installed one (psycopg2, psycopg or pg8000 for PostgreSQL).
+            driver uses the first installed one (psycopg, psycopg2 or pg8000 for PostgreSQL).
         heartbeat_interval: Seconds between a running trial's heartbeats; None disables them
             (for readers such as the dashboard, which run no trials).
         grace_period: Seconds without a heartbeat before a trial counts as dead; None means
@@ -119,6 +120,8 @@ def open_storage(
     parsed = make_url(driver_url)
     if not create:
         _require_sqlite_file(parsed, url)
+    else:
+        _require_writable_sqlite(parsed, url)
 
     attempt = 0
     while True:
@@ -169,6 +172,24 @@ def _require_sqlite_file(parsed: URL, url: str) -> None:
             "`maskopt search` first, or point --storage (or MASKOPT_STORAGE) at an existing "
             "storage."
         )
+
+
+def _require_writable_sqlite(parsed: URL, url: str) -> None:
+    # SQLite opens a read-only file without complaint and fails at the first commit, deep in a
+    # trial; say so before anything runs. access() reports a read-only filesystem even to root.
+    # The folder must be writable too: SQLite writes its journal beside the file.
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database).resolve()
+    folder = path.parent
+    if not folder.is_dir():
+        return  # the connection attempt reports the missing folder
+    for target in ((path, folder) if path.exists() else (folder,)):
+        if not os.access(target, os.W_OK):
+            raise StorageError(
+                f"SQLite storage {path} ({redact(url)}) cannot be written: {target} is read-only (a read-only "
+                f"filesystem or no write permission). A search writes every trial there: copy the file to a "
+                f"writable folder, or point --storage (or MASKOPT_STORAGE) elsewhere.")
 
 
 def _causes(e: BaseException):
