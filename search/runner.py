@@ -53,6 +53,7 @@ class SearchResult:
     total: int
     top: tuple[TopTrial, ...]  # best complete trials, best first
     notes: tuple[str, ...]
+    failures: tuple[str, ...] = ()  # each distinct reason a trial failed for, with its count
 
     @property
     def best(self) -> TopTrial | None:
@@ -388,7 +389,12 @@ def summary_of(study: optuna.Study, storage_url: str, n_trials: int, notes: tupl
 
     top = tuple(TopTrial(t.number, t.value, tuple(t.user_attrs.get("fold_f1", ())), t.params)
                 for t in top_trials(study, 5))
-    return SearchResult(study.study_name, redact(storage_url), counted_trials(study), n_trials, top, notes)
+    reasons: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if "fail_reason" in t.user_attrs:
+            reasons[t.user_attrs["fail_reason"]] = reasons.get(t.user_attrs["fail_reason"], 0) + 1
+    failures = tuple(f"{n} trial{'s' if n > 1 else ''}: {reason}" for reason, n in reasons.items())
+    return SearchResult(study.study_name, redact(storage_url), counted_trials(study), n_trials, top, notes, failures)
 
 
 def _bind_space(study: optuna.Study, space) -> None:

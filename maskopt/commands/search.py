@@ -69,6 +69,10 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
         click.echo(f"\n{e}", err=True)
         sys.exit(130)
     click.echo(summarise(result))
+    if result.best is None and result.failures:
+        # Every trial failed (unreadable weights, a bug): a zero exit would hide it, above all under --quiet.
+        reasons = "\n".join(f"  {line}" for line in result.failures)
+        raise click.ClickException(f"no trial of study {result.study_name!r} completed; they failed with:\n{reasons}")
     if no_export or not result.reached_total or result.best is None:
         return
     from maskopt.commands.export import echo_export

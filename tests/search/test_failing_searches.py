@@ -1,4 +1,4 @@
-"""A SQLite storage on a read-only filesystem: a clear error before any trial, the file unchanged."""
+"""Searches that cannot work end with a clear error: a read-only SQLite file, trials that all fail."""
 
 from __future__ import annotations
 
@@ -44,3 +44,17 @@ def test_search_on_a_read_only_sqlite_file_fails_cleanly(read_only_mount, write_
     assert "cannot be written" in result.output and "read-only" in result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert hashlib.sha256((read_only_mount / "study.db").read_bytes()).hexdigest() == before
+
+
+def test_search_whose_every_trial_fails_exits_non_zero_with_the_reason_even_quiet(write_space, demo_data, cache_dir,
+                                                                                   tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\xff" * 64)  # not a safetensors header
+    space = write_space(study={"data": str(demo_data), "name": "broken", "pretrained": True, "weights": str(broken)})
+    result = CliRunner().invoke(cli, ["search", "--space", str(space), "--device", "cpu", "--cache-dir", str(cache_dir),
+                                      "--quiet", "--no-export", "--threads", "1", "--trials", "2",
+                                      "--storage", f"sqlite:///{tmp_path / 'broken.db'}"])
+    assert result.exit_code == 1
+    assert "no trial of study 'broken' completed" in result.output
+    assert f"2 trials: MaskoptError: cannot read weights file {broken}" in result.output
+    assert "Traceback" not in result.output
