@@ -346,8 +346,16 @@ def run_search(
             while True:
                 if _trials_left(study, n_trials):
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    study.optimize(objective, timeout=left, callbacks=[after_trial], catch=(Exception,),
-                                   gc_after_trial=True)
+                    try:
+                        study.optimize(objective, timeout=left, callbacks=[after_trial], catch=(Exception,),
+                                       gc_after_trial=True)
+                    except ValueError:
+                        lost = _trial_failed_by_another_worker(study)
+                        if lost is None:
+                            raise
+                        log(f"warning: trial {lost} was failed by another worker while this one could not reach the "
+                            f"storage (its heartbeat stopped); it is re-run there, and nothing of it was written")
+                        continue
                 if not _wait_for_running_trials(study, n_trials, deadline, log):
                     break
     except KeyboardInterrupt as e:
@@ -358,6 +366,19 @@ def run_search(
         trial_bar.close()
 
     return summary_of(study, url, n_trials, notes)
+
+
+def _trial_failed_by_another_worker(study: optuna.Study) -> int | None:
+    """The number of this worker's last trial if another worker marked it FAIL as dead, else None.
+
+    After a network partition this worker finishes a trial that the others have already failed
+    and re-queued; Optuna then refuses to record it (``Cannot tell a FAIL trial``), which is right.
+    """
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
+    if mine and mine[-1].state == TrialState.FAIL and "fail_reason" not in mine[-1].user_attrs:
+        return mine[-1].number
+    return None
 
 
 def _wait_for_running_trials(study: optuna.Study, n_trials: int, deadline: float | None, log) -> bool:
