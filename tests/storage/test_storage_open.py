@@ -117,7 +117,7 @@ def test_postgresql_engine_settings(postgres_url):
 
 
 def test_server_down():
-    url = "postgresql+psycopg2://maskopt:down-secret-pw@127.0.0.1:1/maskopt_test"
+    url = "postgresql+psycopg://maskopt:down-secret-pw@127.0.0.1:1/maskopt_test"
     with pytest.raises(StorageError, match=r"Cannot reach the postgresql server at 127\.0\.0\.1:1 .*Start the server") as info:
         open_storage(url)
     message = str(info.value)
