@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,17 +40,17 @@ def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
 
     Load it with ``exclude_broken=True`` so that problems show up in the notes instead of failing.
     """
-    from PIL import Image
-
     counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
     nonzero = counts[counts > 0]
     sizes: Counter = Counter()
+    unreadable = []  # "path: reason", so the user learns which files to fix
     for path in dataset.paths:
-        try:
-            with Image.open(path) as img:  # reads the header only
-                sizes[f"{img.width}x{img.height}"] += 1
-        except OSError:
+        size, reason = _probe(path)
+        if reason is None:
+            sizes[f"{size[0]}x{size[1]}"] += 1
+        else:
             sizes["unreadable"] += 1
+            unreadable.append(f"unreadable image {path}: {reason}")
     return DatasetSummary(
         root=str(dataset.root),
         layout=dataset.layout,
@@ -64,8 +65,42 @@ def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
         extensions=dict(Counter(p.suffix.lower() for p in dataset.paths).most_common()),
         notes=list(dataset.notes) + ([f"{sizes['unreadable']} image(s) cannot be opened as images; a search "
                                       "fails on them unless study.exclude_broken leaves their groups out"]
-                                     if sizes["unreadable"] else []),
+                                     if sizes["unreadable"] else []) + unreadable,
     )
+
+
+def _too_many_pixels(width: int, height: int) -> bool:
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS
+
+
+def _probe(path) -> tuple[tuple[int, int] | None, str | None]:
+    """``((width, height), None)`` of an image from its header, or ``(None, why it is unreadable)``.
+
+    Pillow raises DecompressionBombError (not an OSError) above twice its pixel limit and only
+    warns between one and two times it; both count as unreadable here, since decoding such a
+    file (a tiny PNG can claim 20000x20000 pixels) would take gigabytes.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reported below instead
+            with Image.open(path) as img:  # reads the header only
+                width, height = img.size
+    except Image.DecompressionBombError:
+        return None, f"more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow's plugins raise all three on bad headers
+        return None, f"not an image Pillow can open ({_cap(str(e) or type(e).__name__)})"
+    if _too_many_pixels(width, height):
+        return None, (f"{width}x{height} is more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
+                      "(a decompression bomb?)")
+    return (width, height), None
+
+
+def _cap(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _task_counts(dataset: ImageDataset) -> dict[str, dict[str, int]]:
@@ -155,9 +190,12 @@ def _sample_grid(dataset: ImageDataset, samples_per_class: int, rng: np.random.G
         for j, i in enumerate(picks):
             left = label_width + j * cell + 2
             try:
+                # _probe first: decoding a decompression bomb here would take gigabytes.
+                if _probe(dataset.paths[i])[1] is not None:
+                    raise OSError("unreadable")
                 with Image.open(dataset.paths[i]) as img:
                     picture = ImageOps.contain(img.convert("RGB"), (thumb, thumb))  # whole photo, aspect kept
                 grid.paste(picture, (left + (thumb - picture.width) // 2, top + (thumb - picture.height) // 2))
-            except OSError:  # eda describes broken data too; the summary counts it as unreadable
+            except (OSError, ValueError, SyntaxError):  # eda describes broken data too; the summary lists it
                 draw.text((left + 2, top + thumb // 2 - 6), "unreadable", fill="red")
     return grid

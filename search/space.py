@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,14 +248,76 @@ def load_space(path: str | Path, *, check_names: bool = True) -> SearchSpace:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpaceError(f"cannot read search space {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{path} is not a UTF-8 text file ({e.reason} at byte {e.start}); "
+                         "save it as UTF-8 YAML") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except _AliasRefused as e:
+        raise SpaceError(f"{path}, {e}") from e
     except yaml.YAMLError as e:
-        raise SpaceError(f"{path} is not valid YAML: {e}") from e
+        raise SpaceError(f"{path} is not valid YAML: {_cap(str(e), 400)}") from e
+    except ValueError as e:  # a constructor refused a scalar: a 5000-digit int, a date like 2024-13-45
+        raise SpaceError(f"{path} holds a value YAML cannot read: {_cap(str(e), 200)}") from e
+    except RecursionError as e:  # thousands of nested [[[...]]]: no space is that deep
+        raise SpaceError(f"{path} nests lists or mappings too deeply to be a search space") from e
     return parse_space(raw, source=str(path), check_names=check_names)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses aliases (``*name``).
+
+    Aliases let a few lines expand to billions of values ("billion laughs"), and every check and
+    error message below walks the expanded values. A search space is short enough to write out,
+    so refusing aliases costs nothing. Anchors alone (``&name``) are harmless and still load.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(f"line {event.start_mark.line + 1}: found the alias *{_cap(event.anchor)}; YAML "
+                                "aliases (*name) and merge keys (<<: *name) are not supported in a search space "
+                                "(a few lines of them can expand to billions of values): write the values out")
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(yaml.YAMLError):
+    """Raised by ``_NoAliasLoader`` on the first alias."""
+
+
+# Every value shown in an error goes through _shown: a hostile or mistaken file may hold a huge
+# value, and the message must stay readable (and cheap to build: reprlib stops early).
+MAX_SHOWN = 80
+
+
+class _Repr(reprlib.Repr):
+    def repr_dict(self, x, level):
+        # reprlib sorts keys; keep the file's order, as a plain repr (and the user's eye) does.
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                 for k, v in list(x.items())[:self.maxdict]]
+        return "{" + ", ".join(items) + (", ..." if len(x) > self.maxdict else "") + "}"
+
+
+_REPR = _Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 6, 6, 6, 6
+_REPR.maxstring, _REPR.maxother = MAX_SHOWN, MAX_SHOWN
+
+
+def _cap(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, marking the cut."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _shown(value) -> str:
+    """A repr of ``value`` of at most ``MAX_SHOWN`` characters, for error messages."""
+    return _cap(_REPR.repr(value))
 
 
 def parse_space(raw: Any, *, source: str = "<space>", check_names: bool = True) -> SearchSpace:
@@ -312,7 +375,7 @@ def _check_components_build(v: _Validator, settings: StudySettings) -> None:
             build()
         except (TypeError, ValueError) as e:
             v.fail(f"study.{key}", {"name": component.name, **component.kwargs()},
-                   f"options the {component.name} {key} accepts ({e})")
+                   f"options the {component.name} {key} accepts ({_cap(str(e), 200)})")
 
 
 def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], kind: str) -> Component:
@@ -392,14 +455,16 @@ def _check_registry_names(v: _Validator, dims: dict[str, Dimension]) -> None:
     from maskopt.search.models import check_backbone
 
     for value in discrete_values(dims["backbone"]):
+        if len(value) > 200:  # no timm name is this long; skip the slow closest-name search
+            v.fail("params.backbone", value, "a timm backbone name")
         try:
             check_backbone(value)
         except MaskoptError as e:
-            v.fail("params.backbone", value, f"a timm backbone name ({e})")
+            v.fail("params.backbone", value, f"a timm backbone name ({_cap(str(e), 200)})")
     optimizers = timm.optim.list_optimizers()
     for value in discrete_values(dims["optimizer"]):
         if value not in optimizers:
-            close = difflib.get_close_matches(value, optimizers, n=5, cutoff=0.6)
+            close = difflib.get_close_matches(value, optimizers, n=5, cutoff=0.6) if len(value) <= 200 else []
             v.fail("params.optimizer", value, f"a timm optimizer name ({'closest: ' + ', '.join(close) if close else 'see timm.optim.list_optimizers()'})")
 
 
@@ -417,16 +482,17 @@ class _Validator:
         self.source = source
 
     def fail(self, where: str, value, allowed: str):
-        raise SpaceError(f"{self.source}: {where or '(top level)'}: got {value!r}; expected {allowed}")
+        raise SpaceError(f"{self.source}: {where or '(top level)'}: got {_shown(value)}; expected {allowed}")
 
     def mapping(self, value, where: str, allowed: tuple[str, ...] | None = None) -> dict:
         if not isinstance(value, dict):
             self.fail(where, value, "a mapping of keys to values")
         for key in value:
             if allowed is not None and key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
+                key = _cap(str(key))  # shown in the message; a key may be any length
+                close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                path = f"{where}.{key}" if where else str(key)
+                path = f"{where}.{key}" if where else key
                 raise SpaceError(
                     f"{self.source}: {path}: unknown key{hint}; allowed keys here: {', '.join(allowed)}"
                 )
@@ -457,7 +523,8 @@ class _Validator:
 
     def one_of(self, value, allowed: tuple, where: str):
         if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            close = difflib.get_close_matches(value[:MAX_SHOWN] if isinstance(value, str) else _shown(value),
+                                              [str(a) for a in allowed], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             self.fail(where, value, f"one of {', '.join(map(str, allowed))}{hint}")
         return value
