@@ -13,11 +13,16 @@ how long the model took to peak when it had slightly less data.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,22 +268,142 @@ def _versions() -> dict[str, str]:
 
 
 def load_export(model_dir: str | Path, device) -> tuple[dict, list]:
-    """The config and models of an export folder (weights loaded without executing code)."""
+    """The config and models of an export folder (weights loaded without executing code).
+
+    Raises:
+        ExportError: The config is invalid (see :func:`read_config`) or a weights file does not
+            load into the model it describes (truncated, not safetensors, other shapes).
+    """
     from safetensors.torch import load_model
 
     from maskopt.search.models import build_model
 
-    model_dir = Path(model_dir)
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise ExportError(f"{model_dir} is not a maskopt export: {CONFIG_FILE} is missing")
-    config = json.loads(config_path.read_text())
+    config = read_config(model_dir)
     models = []
     for name in config["models"]:
+        path = Path(model_dir) / name
         model = build_model(config["backbone"], num_classes=config["num_classes"], head=config["head"])
-        load_model(model, str(model_dir / name))
+        try:
+            load_model(model, str(path))
+        except Exception as e:  # safetensors and torch raise several types for a bad file; all mean the same
+            raise ExportError(f"{path}: cannot load the weights ({_cut(str(e), 300)}); "
+                              f"re-export with maskopt export-best") from None
         models.append(model.to(device).eval())
     return config, models
+
+
+# A real config is a few KB; the cap keeps a hostile file from using much memory.
+_CONFIG_MAX_BYTES = 1 << 20
+_MAX_CLASSES = 10_000
+_MAX_MODELS = 64
+_IMAGE_SIZES = (8, 1024)
+
+
+def _show(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a hostile value cannot flood the message."""
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _finite_number(value) -> bool:
+    if type(value) not in (int, float):  # bool and strings excluded
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int of hundreds of digits
+        return False
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """The checked ``config.json`` of an export folder.
+
+    Every key that prediction reads is checked here, before any model is built, because the
+    folder may come from anywhere: types and ranges, a backbone timm knows, and weights files
+    that are ``.safetensors`` files inside the folder (no absolute paths, no ``..``, no links
+    out of it).
+
+    Raises:
+        ExportError: Naming ``config.json``, the key and the (shortened) value.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ExportError(f"{model_dir} is not a maskopt export: {CONFIG_FILE} is missing")
+    try:
+        if path.stat().st_size > _CONFIG_MAX_BYTES:
+            raise ExportError(f"{path} is {path.stat().st_size} bytes, too large for an export config "
+                              f"(at most {_CONFIG_MAX_BYTES})")
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ExportError(f"{path} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ExportError(f"{path} is not UTF-8 text; is this folder a maskopt export?") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: deeply nested JSON
+        raise ExportError(f"{path} is not valid JSON ({_cut(str(e), 120)})") from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{path} must hold a JSON object, got {type(config).__name__}")
+
+    def bad(key: str, expected: str):
+        value = config.get(key)
+        got = "it is missing" if key not in config else f"got {_show(value)}"
+        return ExportError(f"{path}: key {key!r} must be {expected}; {got}")
+
+    def integer(key: str, low: int, high: int) -> int:
+        value = config.get(key)
+        if type(value) is not int or not low <= value <= high:  # bool is an int subclass: excluded
+            raise bad(key, f"an integer {low}..{high}")
+        return value
+
+    if config.get("format") != EXPORT_FORMAT:
+        raise bad("format", repr(EXPORT_FORMAT))
+    backbone = config.get("backbone")
+    if not isinstance(backbone, str) or not 0 < len(backbone) <= 200:
+        raise bad("backbone", "a timm model name")
+    from maskopt.errors import MaskoptError
+    from maskopt.search.models import HEADS, check_backbone
+
+    try:
+        check_backbone(backbone)
+    except MaskoptError as e:
+        raise ExportError(f"{path}: key 'backbone': {e}") from None
+    if config.get("head") not in HEADS:
+        raise bad("head", " or ".join(repr(h) for h in HEADS))
+    num_classes = integer("num_classes", 2, _MAX_CLASSES)
+    if config["head"] == "multi" and num_classes != L.NUM_CLASSES:
+        raise bad("num_classes", f"{L.NUM_CLASSES} with head 'multi'")
+    names = config.get("class_names")
+    if (not isinstance(names, list) or len(names) != num_classes
+            or not all(isinstance(n, str) and 0 < len(n) <= 1000 for n in names) or len(set(names)) != len(names)):
+        raise bad("class_names", f"a list of {num_classes} distinct non-empty names, one per class")
+    integer("image_size", *_IMAGE_SIZES)
+    for key in ("mean", "std"):
+        values = config.get(key)
+        if (not isinstance(values, list) or len(values) != 3
+                or not all(_finite_number(v) for v in values)
+                or (key == "std" and not all(v > 0 for v in values))):
+            raise bad(key, "a list of 3 finite numbers" + (", all above 0" if key == "std" else ""))
+    if not isinstance(config.get("tta"), bool):
+        raise bad("tta", "true or false")
+    models = config.get("models")
+    if (not isinstance(models, list) or not 0 < len(models) <= _MAX_MODELS
+            or not all(isinstance(m, str) for m in models)):
+        raise bad("models", f"a list of 1..{_MAX_MODELS} weights file names")
+    root = model_dir.resolve()
+    for name in models:
+        where = f"{path}: key 'models': {_show(name)}"
+        if not name.endswith(".safetensors"):
+            raise ExportError(f"{where} is not a .safetensors file")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ExportError(f"{where} must be a file name inside the export folder")
+        file = (model_dir / name).resolve()
+        if not file.is_relative_to(root):  # a symlink out of the folder
+            raise ExportError(f"{where} leads outside the export folder, to {file}")
+        if not file.is_file():
+            raise ExportError(f"{where}: no such file in {model_dir}")
+    return config
 
 
 def predict_images(model_dir: str | Path, paths, *, device, tta: bool | None = None,
@@ -318,10 +443,8 @@ def predict(*, model_dir: str | Path, data: str | Path, out: str | Path | None =
     from maskopt.search.runner import setup_torch
 
     data = Path(data)
+    config = read_config(model_dir)  # checked before the device is set up or any data is read
     torch_device = setup_torch(device, threads)
-    config = json.loads((Path(model_dir) / CONFIG_FILE).read_text()) if (Path(model_dir) / CONFIG_FILE).is_file() else None
-    if config is None:
-        raise ExportError(f"{model_dir} is not a maskopt export: {CONFIG_FILE} is missing")
     out = Path(out) if out is not None else Path(model_dir) / "predictions.csv"
     if detect_layout(data) == "competition":
         ids, paths = _eval_set(data, "competition")
@@ -395,7 +518,7 @@ def score_submission(submission: str | Path, solution: str | Path) -> Score:
                           f"a submission needs one row per eval image, in info.csv order")
     for line, (a, b) in enumerate(zip(sub_ids, sol_ids), start=2):
         if a != b:
-            raise ExportError(f"{submission}, line {line}: ImageID {a!r} where {solution} has {b!r}; "
+            raise ExportError(f"{submission}, line {line}: ImageID {_show(a)} where {solution} has {_show(b)}; "
                               f"keep the rows in info.csv order")
     y_true, y_pred = np.asarray(truth), np.asarray(predicted)
     parts_true, parts_pred = L.decode(y_true), L.decode(y_pred)
@@ -410,21 +533,54 @@ def score_submission(submission: str | Path, solution: str | Path) -> Score:
     )
 
 
+# A submission of the 12,600 eval images is under 1 MB; the cap keeps memory small whatever the file.
+_ANSWERS_MAX_BYTES = 64 << 20
+_ASCII_CLASS = re.compile(r"[0-9]{1,2}")  # int() also takes '٣' and str.isdigit() takes '²': ASCII only
+
+
 def _read_answers(path: Path) -> tuple[list[str], list[int]]:
+    """The ImageID and ans columns of a submission or solution (UTF-8, with or without a BOM).
+
+    Raises:
+        ExportError: Naming the file, the line and the (shortened) value.
+    """
     if not path.is_file():
         raise ExportError(f"{path} is missing")
+    try:
+        if path.stat().st_size > _ANSWERS_MAX_BYTES:
+            raise ExportError(f"{path} is {path.stat().st_size} bytes, too large for a submission "
+                              f"(at most {_ANSWERS_MAX_BYTES})")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ExportError(f"{path} cannot be read: {e.strerror or e}") from None
+    if data.startswith(codecs.BOM_UTF8):  # spreadsheet programs write one; same as encoding 'utf-8-sig'
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ExportError(f"{path}, line {line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r}); "
+                          f"a submission is a CSV file 'ImageID,ans'") from None
     ids, answers = [], []
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["ImageID", "ans"]:
-            raise ExportError(f"{path}: header must be 'ImageID,ans', got {','.join(header or []) or '(empty file)'}")
+        names = [h.strip() for h in header or []]
+        if names[:2] != ["ImageID", "ans"]:
+            got = _cut(",".join(names), 80) or "(empty file)"
+            raise ExportError(f"{path}: header must be 'ImageID,ans', got {got}")
+        duplicated = sorted(n for n, count in Counter(names).items() if count > 1)
+        if duplicated:  # which of the two columns would be read is a guess: refuse
+            raise ExportError(f"{path}: header names column {_show(duplicated[0])} more than once; "
+                              f"header must be 'ImageID,ans'")
         for line, row in enumerate(reader, start=2):
             if len(row) < 2:
-                raise ExportError(f"{path}, line {line}: expected 'ImageID,ans', got {','.join(row)!r}")
+                raise ExportError(f"{path}, line {line}: expected 'ImageID,ans', got {_show(','.join(row))}")
             value = row[1].strip()
-            if not value.isdigit() or int(value) >= L.NUM_CLASSES:
-                raise ExportError(f"{path}, line {line}: ans {value!r} is not a class 0..{L.NUM_CLASSES - 1}")
+            if not _ASCII_CLASS.fullmatch(value) or int(value) >= L.NUM_CLASSES:
+                raise ExportError(f"{path}, line {line}: ans {_show(value)} is not a class 0..{L.NUM_CLASSES - 1}")
             ids.append(row[0].strip())
             answers.append(int(value))
+    except csv.Error as e:  # e.g. a field over csv's size limit
+        raise ExportError(f"{path}, line {reader.line_num}: not a valid CSV row ({e})") from None
     return ids, answers
