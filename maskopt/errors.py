@@ -23,3 +23,12 @@ class StorageError(MaskoptError):
 
 class ExportError(MaskoptError):
     """A study cannot be exported, or an export or submission is invalid."""
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, marking the cut.
+
+    Every value an error message quotes from a user's file goes through this: a hostile or
+    mistaken file may hold a value of any length, and the message must stay readable.
+    """
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskopt.errors import DataError
+from maskopt.errors import DataError, shorten
 from maskopt.search import labels as L
 
 LAYOUTS = ("auto", "competition", "csv", "folders")
@@ -386,14 +386,14 @@ def _read_csv(path: Path, *, required: tuple[str, ...]) -> list[tuple[int, dict[
             duplicated = sorted({c for c in header if header.count(c) > 1})
             if duplicated:
                 raise DataError(
-                    f"{path}: its header names column(s) {', '.join(_cap(repr(c)) for c in duplicated)} more than "
+                    f"{path}: its header names column(s) {', '.join(shorten(repr(c)) for c in duplicated)} more than "
                     "once, so it is unclear which one to read; rename or remove the extra column(s)"
                 )
             missing = [c for c in required if c not in header]
             if missing:
                 raise DataError(
                     f"{path} lacks column(s) {', '.join(missing)}; its header is "
-                    f"{_cap(','.join(header), 200) or '(empty)'}, expected {','.join(required)}"
+                    f"{shorten(','.join(header), 200) or '(empty)'}, expected {','.join(required)}"
                 )
             rows = [(reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as e:
@@ -414,10 +414,6 @@ def _visible_csvs(folder: Path) -> list[Path]:
 def _count_hidden(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.name.startswith("."))
 
-
-def _cap(text: str, limit: int = 80) -> str:
-    """``text`` cut to ``limit`` characters for a message: a CSV cell may be any length."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def format_problems(title: str, problems: list[str]) -> str:

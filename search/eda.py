@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskopt.errors import shorten
 from maskopt.search import labels as L
 from maskopt.search.dataset import ImageDataset
 
@@ -92,15 +93,12 @@ def _probe(path) -> tuple[tuple[int, int] | None, str | None]:
     except Image.DecompressionBombError:
         return None, f"more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
     except (OSError, ValueError, SyntaxError) as e:  # Pillow's plugins raise all three on bad headers
-        return None, f"not an image Pillow can open ({_cap(str(e) or type(e).__name__)})"
+        return None, f"not an image Pillow can open ({shorten(str(e) or type(e).__name__)})"
     if _too_many_pixels(width, height):
         return None, (f"{width}x{height} is more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
                       "(a decompression bomb?)")
     return (width, height), None
 
-
-def _cap(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _task_counts(dataset: ImageDataset) -> dict[str, dict[str, int]]:

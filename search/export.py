@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskopt.errors import DataError, ExportError, SpaceError
+from maskopt.errors import DataError, ExportError, SpaceError, shorten
 from maskopt.search import labels as L
 
 CONFIG_FILE = "config.json"
@@ -286,7 +286,7 @@ def load_export(model_dir: str | Path, device) -> tuple[dict, list]:
         try:
             load_model(model, str(path))
         except Exception as e:  # safetensors and torch raise several types for a bad file; all mean the same
-            raise ExportError(f"{path}: cannot load the weights ({_cut(str(e), 300)}); "
+            raise ExportError(f"{path}: cannot load the weights ({shorten(str(e), 300)}); "
                               f"re-export with maskopt export-best") from None
         models.append(model.to(device).eval())
     return config, models
@@ -301,11 +301,18 @@ _IMAGE_SIZES = (8, 1024)
 
 def _show(value, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, so a hostile value cannot flood the message."""
-    return _cut(repr(value), limit)
+    return shorten(repr(value), limit)
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _read_capped(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path``, refusing a file over ``limit`` bytes before reading it."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise ExportError(f"{path} is {size} bytes, too large for {what} (at most {limit})")
+        return path.read_bytes()
+    except OSError as e:
+        raise ExportError(f"{path} cannot be read: {e.strerror or e}") from None
 
 
 def _finite_number(value) -> bool:
@@ -332,17 +339,13 @@ def read_config(model_dir: str | Path) -> dict:
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         raise ExportError(f"{model_dir} is not a maskopt export: {CONFIG_FILE} is missing")
+    data = _read_capped(path, _CONFIG_MAX_BYTES, "an export config")
     try:
-        if path.stat().st_size > _CONFIG_MAX_BYTES:
-            raise ExportError(f"{path} is {path.stat().st_size} bytes, too large for an export config "
-                              f"(at most {_CONFIG_MAX_BYTES})")
-        config = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise ExportError(f"{path} cannot be read: {e.strerror or e}") from None
+        config = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ExportError(f"{path} is not UTF-8 text; is this folder a maskopt export?") from None
     except (ValueError, RecursionError) as e:  # RecursionError: deeply nested JSON
-        raise ExportError(f"{path} is not valid JSON ({_cut(str(e), 120)})") from None
+        raise ExportError(f"{path} is not valid JSON ({shorten(str(e), 120)})") from None
     if not isinstance(config, dict):
         raise ExportError(f"{path} must hold a JSON object, got {type(config).__name__}")
 
@@ -546,13 +549,7 @@ def _read_answers(path: Path) -> tuple[list[str], list[int]]:
     """
     if not path.is_file():
         raise ExportError(f"{path} is missing")
-    try:
-        if path.stat().st_size > _ANSWERS_MAX_BYTES:
-            raise ExportError(f"{path} is {path.stat().st_size} bytes, too large for a submission "
-                              f"(at most {_ANSWERS_MAX_BYTES})")
-        data = path.read_bytes()
-    except OSError as e:
-        raise ExportError(f"{path} cannot be read: {e.strerror or e}") from None
+    data = _read_capped(path, _ANSWERS_MAX_BYTES, "a submission")
     if data.startswith(codecs.BOM_UTF8):  # spreadsheet programs write one; same as encoding 'utf-8-sig'
         data = data[len(codecs.BOM_UTF8):]
     try:
@@ -567,7 +564,7 @@ def _read_answers(path: Path) -> tuple[list[str], list[int]]:
         header = next(reader, None)
         names = [h.strip() for h in header or []]
         if names[:2] != ["ImageID", "ans"]:
-            got = _cut(",".join(names), 80) or "(empty file)"
+            got = shorten(",".join(names), 80) or "(empty file)"
             raise ExportError(f"{path}: header must be 'ImageID,ans', got {got}")
         duplicated = sorted(n for n, count in Counter(names).items() if count > 1)
         if duplicated:  # which of the two columns would be read is a guess: refuse

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from maskopt.errors import SpaceError
+from maskopt.errors import SpaceError, shorten
 from maskopt.search.labels import OFFICIAL_AGE_OLD
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -259,9 +259,9 @@ def load_space(path: str | Path, *, check_names: bool = True) -> SearchSpace:
     except _AliasRefused as e:
         raise SpaceError(f"{path}, {e}") from e
     except yaml.YAMLError as e:
-        raise SpaceError(f"{path} is not valid YAML: {_cap(str(e), 400)}") from e
+        raise SpaceError(f"{path} is not valid YAML: {shorten(str(e), 400)}") from e
     except ValueError as e:  # a constructor refused a scalar: a 5000-digit int, a date like 2024-13-45
-        raise SpaceError(f"{path} holds a value YAML cannot read: {_cap(str(e), 200)}") from e
+        raise SpaceError(f"{path} holds a value YAML cannot read: {shorten(str(e), 200)}") from e
     except RecursionError as e:  # thousands of nested [[[...]]]: no space is that deep
         raise SpaceError(f"{path} nests lists or mappings too deeply to be a search space") from e
     return parse_space(raw, source=str(path), check_names=check_names)
@@ -278,7 +278,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise _AliasRefused(f"line {event.start_mark.line + 1}: found the alias *{_cap(event.anchor)}; YAML "
+            raise _AliasRefused(f"line {event.start_mark.line + 1}: found the alias *{shorten(event.anchor)}; YAML "
                                 "aliases (*name) and merge keys (<<: *name) are not supported in a search space "
                                 "(a few lines of them can expand to billions of values): write the values out")
         return super().compose_node(parent, index)
@@ -310,14 +310,10 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 
 _REPR.maxstring, _REPR.maxother = MAX_SHOWN, MAX_SHOWN
 
 
-def _cap(text: str, limit: int = MAX_SHOWN) -> str:
-    """``text`` cut to ``limit`` characters, marking the cut."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 def _shown(value) -> str:
     """A repr of ``value`` of at most ``MAX_SHOWN`` characters, for error messages."""
-    return _cap(_REPR.repr(value))
+    return shorten(_REPR.repr(value))
 
 
 def parse_space(raw: Any, *, source: str = "<space>", check_names: bool = True) -> SearchSpace:
@@ -375,7 +371,7 @@ def _check_components_build(v: _Validator, settings: StudySettings) -> None:
             build()
         except (TypeError, ValueError) as e:
             v.fail(f"study.{key}", {"name": component.name, **component.kwargs()},
-                   f"options the {component.name} {key} accepts ({_cap(str(e), 200)})")
+                   f"options the {component.name} {key} accepts ({shorten(str(e), 200)})")
 
 
 def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], kind: str) -> Component:
@@ -460,7 +456,7 @@ def _check_registry_names(v: _Validator, dims: dict[str, Dimension]) -> None:
         try:
             check_backbone(value)
         except MaskoptError as e:
-            v.fail("params.backbone", value, f"a timm backbone name ({_cap(str(e), 200)})")
+            v.fail("params.backbone", value, f"a timm backbone name ({shorten(str(e), 200)})")
     optimizers = timm.optim.list_optimizers()
     for value in discrete_values(dims["optimizer"]):
         if value not in optimizers:
@@ -489,7 +485,7 @@ class _Validator:
             self.fail(where, value, "a mapping of keys to values")
         for key in value:
             if allowed is not None and key not in allowed:
-                key = _cap(str(key))  # shown in the message; a key may be any length
+                key = shorten(str(key))  # shown in the message; a key may be any length
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 path = f"{where}.{key}" if where else key
