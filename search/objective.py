@@ -14,6 +14,7 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,19 @@ import numpy as np
 import optuna
 import torch
 
+from maskopt.search.checkpoints import CheckpointStore
 from maskopt.search.data import PreparedData
 from maskopt.search.models import count_parameters
 from maskopt.search.notes import record_trial_note
 from maskopt.search.pruning import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
 from maskopt.search.training import NonFiniteLoss, TrainingData, fast_path, is_out_of_memory, train_fold
+
+
+def original_trial_number(trial: optuna.Trial) -> int:
+    """The number of the trial this one retries (after its worker died), or its own number."""
+    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    return attrs.get("failed_trial", trial.number)
 
 
 def fold_seed(study_seed: int, trial_number: int, fold: int) -> int:
@@ -44,6 +52,9 @@ class Objective:
         device: Where to train.
         epoch_bar: A factory ``(total, trial number) -> tqdm`` for the epoch bar, or None.
         artifact_dir: Where trial artifacts (confusion-matrix images) go; None: notes only.
+        checkpoints: Where each fold's state is saved after every epoch, for a retried trial
+            to resume from; None: no checkpoints.
+        log: Where notes (an unusable checkpoint) go.
     """
 
     space: SearchSpace
@@ -51,8 +62,13 @@ class Objective:
     device: torch.device
     epoch_bar: object = None
     artifact_dir: str | Path | None = None
+    checkpoints: CheckpointStore | None = None
+    log: Callable[[str], None] = print
 
     def __call__(self, trial: optuna.Trial) -> float:
+        # First: a retry arrives carrying its dead original's "worker", and another worker's
+        # recovery would fail this live trial as dead while that attribute stays.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = self.space.suggest(trial)
         settings = self.space.study
         folds = self.data.folds(n_folds=settings.folds, seed=settings.seed)
@@ -65,30 +81,56 @@ class Objective:
             torch.cuda.reset_peak_memory_stats(self.device)
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("fast_path", fast_path(self.device, settings))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for crash forensics
+        # A retry (its worker died) trains with its original's seeds, so it scores as the
+        # original would have, and resumes from the original's checkpoint.
+        origin = original_trial_number(trial)
+        fingerprint = {"params": params.as_dict(), "folds": settings.folds, "epochs": settings.epochs,
+                       "seed": settings.seed, "images": len(dataset)}
 
-        fold_f1: list[float] = []
-        fold_accuracy: list[float] = []
-        best_epochs: list[int] = []
-        speeds: list[float] = []
+        done: list[dict] = []  # per finished fold: f1, accuracy, best_epoch, speed, history, predictions
         epochs_trained = 0
         out_of_fold = np.full(len(dataset), -1, dtype=np.int64)
         bar = self.epoch_bar(settings.folds * settings.epochs, trial.number) if self.epoch_bar else None
+        resume = self._resume(trial, origin, fingerprint)
+        first_fold, partial = 0, None
+        if resume is not None:
+            done, first_fold, partial = list(resume["done"]), resume["fold"], resume["train"]
+            for fold_done, (_, val_idx) in zip(done, folds):
+                out_of_fold[val_idx] = fold_done["predictions"].numpy()
+            epochs_trained = sum(len(d["history"]) for d in done) + (partial["result"]["epochs_trained"] if partial else 0)
+            if bar is not None:
+                bar.update(sum(len(d["history"]) for d in done))
+            trial.set_user_attr("resumed", {"from_trial": origin, "fold": first_fold + 1,
+                                            "epochs_inherited": epochs_trained})
+        else:
+            trial.set_user_attr("resumed", None)  # a retry carries its original's attributes
+        epochs_inherited = epochs_trained
+        keep_checkpoint = False
 
         def record(**extra) -> None:
             attrs = {
-                "fold_f1": fold_f1, "fold_accuracy": fold_accuracy, "best_epoch": best_epochs,
-                "epochs_trained": epochs_trained, "seconds": round(time.perf_counter() - started, 3),
-                "images_per_second": round(float(np.mean(speeds)), 1) if speeds else 0.0,
+                "fold_f1": [d["f1"] for d in done], "fold_accuracy": [d["accuracy"] for d in done],
+                "best_epoch": [d["best_epoch"] for d in done],
+                "epochs_trained": epochs_trained, "epochs_trained_here": epochs_trained - epochs_inherited,
+                "seconds": round(time.perf_counter() - started, 3),
+                "images_per_second": round(float(np.mean([d["speed"] for d in done])), 1) if done else 0.0,
                 "peak_memory_mb": _peak_memory_mb(self.device), **extra,
             }
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
 
+        def running_mean(fold: int, best_in_fold: float) -> float:
+            return float(np.mean([d["f1"] for d in done[:fold]] + [best_in_fold]))
+
         try:
+            if resume is not None:
+                self._replay_reports(trial, done, partial, per_fold)
             for fold, (train_idx, val_idx) in enumerate(folds):
+                if fold < first_fold:
+                    continue
                 fold_data = TrainingData(images, train_idx, train_labels[train_idx], val_idx, dataset.labels[val_idx])
-                best_in_fold = [0.0]
+                fold_resume = partial if fold == first_fold else None
+                best_in_fold = [max(fold_resume["result"]["f1_history"], default=0.0) if fold_resume else 0.0]
 
                 def on_epoch(epoch: int, f1: float, accuracy: float, fold=fold, best_in_fold=best_in_fold) -> None:
                     nonlocal epochs_trained
@@ -96,9 +138,8 @@ class Objective:
                     best_in_fold[0] = max(best_in_fold[0], f1)
                     if per_fold:
                         return
-                    running = float(np.mean(fold_f1 + best_in_fold))
-                    step = fold * settings.epochs + epoch
-                    trial.report(running, step)
+                    running = running_mean(fold, best_in_fold[0])
+                    trial.report(running, fold * settings.epochs + epoch)
                     # After the last epoch of the last fold the work is done: pruning then would
                     # save nothing and only turn a finished trial into a pruned one.
                     last_step = fold + 1 == len(folds) and epoch + 1 == settings.epochs
@@ -106,26 +147,34 @@ class Objective:
                         raise optuna.TrialPruned(
                             f"pruned at fold {fold + 1} epoch {epoch + 1}: running mean macro F1 {running:.4f}")
 
-                result, model = self._fit_fold(trial, params, fold_data, fold, on_epoch, bar)
+                def on_checkpoint(state: dict, fold=fold) -> None:
+                    if self.checkpoints is not None:
+                        self.checkpoints.save(origin, {"fingerprint": fingerprint, "fold": fold, "done": done,
+                                                       "train": state})
+
+                result, model = self._fit_fold(trial, origin, params, fold_data, fold, on_epoch, on_checkpoint,
+                                               fold_resume, bar)
                 total, trainable = count_parameters(model)
                 trial.set_user_attr("param_count", total)
                 trial.set_user_attr("trainable_param_count", trainable)
                 trial.set_user_attr("freeze_depth_effective", model.freeze_depth)
                 del model
-                fold_f1.append(round(result.best_f1, 6))
-                fold_accuracy.append(round(result.best_accuracy, 6))
-                best_epochs.append(result.best_epoch)
-                speeds.append(result.images_per_second)
+                done.append({"f1": round(result.best_f1, 6), "accuracy": round(result.best_accuracy, 6),
+                             "best_epoch": result.best_epoch, "speed": result.images_per_second,
+                             "history": list(result.f1_history),
+                             "predictions": torch.from_numpy(result.best_predictions)})
                 out_of_fold[val_idx] = result.best_predictions
                 if per_fold:
                     trial.report(result.best_f1, fold)
                     if fold + 1 < len(folds) and trial.should_prune():
                         record(pruned_after_folds=fold + 1)
-                        return float(np.mean(fold_f1))
+                        return float(np.mean([d["f1"] for d in done]))
+            fold_f1 = [d["f1"] for d in done]
             scored = out_of_fold >= 0
             confusion = _confusion(dataset.labels[scored], out_of_fold[scored], dataset.num_classes)
             record(confusion=confusion)
-            self._note(trial, params, fold_f1, fold_accuracy, time.perf_counter() - started, speeds, confusion)
+            self._note(trial, params, fold_f1, [d["accuracy"] for d in done], time.perf_counter() - started,
+                       [d["speed"] for d in done], confusion)
             return float(np.mean(fold_f1))
         except optuna.TrialPruned as pruned:
             record(prune_reason=str(pruned))
@@ -133,13 +182,51 @@ class Objective:
         except NonFiniteLoss as e:
             record(prune_reason=str(e))
             raise optuna.TrialPruned(str(e)) from e
+        except KeyboardInterrupt:
+            keep_checkpoint = True  # Ctrl-C or SIGTERM (preemption): the rerun resumes from it
+            raise
         except Exception as e:
             record(fail_reason=f"{type(e).__name__}: {e}"[:2000])
             raise
         finally:
             if bar is not None:
                 bar.close()
+            if self.checkpoints is not None and not keep_checkpoint:
+                self.checkpoints.remove(origin)
             release_memory(self.device)
+
+    def _resume(self, trial: optuna.Trial, origin: int, fingerprint: dict) -> dict | None:
+        """The checkpoint this trial continues from, or None (with a note when one was unusable)."""
+        if self.checkpoints is None:
+            return None
+        state, note = self.checkpoints.load(origin, fingerprint)
+        if note is not None:
+            trial.set_user_attr("checkpoint_note", note)
+            self.log(f"warning: trial {trial.number}: {note}")
+        return state
+
+    def _replay_reports(self, trial: optuna.Trial, done: list[dict], partial: dict | None, per_fold: bool) -> None:
+        """Report the intermediate values of the epochs a resumed trial inherits, as they were.
+
+        The pruner then sees the same curve as for an uninterrupted trial; it is asked once more
+        about the last inherited step, whose answer the killed worker may not have acted on.
+        """
+        epochs = self.space.study.epochs
+        histories = [d["history"] for d in done] + ([partial["result"]["f1_history"]] if partial else [])
+        step = None
+        if per_fold:
+            for fold, d in enumerate(done):
+                trial.report(d["f1"], step := fold)
+        else:
+            for fold, history in enumerate(histories):
+                best = 0.0
+                for epoch, f1 in enumerate(history):
+                    best = max(best, f1)
+                    value = float(np.mean([d["f1"] for d in done[:fold]] + [best]))
+                    trial.report(value, step := fold * epochs + epoch)
+        last = (self.space.study.folds - 1 if per_fold else self.space.study.folds * epochs - 1)
+        if step is not None and step < last and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} after resuming from trial {original_trial_number(trial)}")
 
     def _note(self, trial, params: TrialParams, fold_f1, fold_accuracy, seconds, speeds, confusion) -> None:
         """The dashboard note and confusion-matrix artifact; a failure here must not fail the trial."""
@@ -151,13 +238,15 @@ class Objective:
         except Exception as e:  # a full disk or an unwritable artifact folder: keep the trial's score
             trial.set_user_attr("note_error", f"{type(e).__name__}: {e}"[:500])
 
-    def _fit_fold(self, trial, params: TrialParams, fold_data: TrainingData, fold: int, on_epoch, bar):
+    def _fit_fold(self, trial, origin: int, params: TrialParams, fold_data: TrainingData, fold: int, on_epoch,
+                  on_checkpoint, resume: dict | None, bar):
         settings = self.space.study
-        seed = fold_seed(settings.seed, trial.number, fold)
+        seed = fold_seed(settings.seed, origin, fold)
         kwargs = dict(settings=settings, num_classes=self.data.dataset.num_classes, device=self.device, seed=seed,
-                      on_epoch=on_epoch, progress=bar)
+                      on_epoch=on_epoch, on_checkpoint=on_checkpoint, progress=bar)
         try:
-            return train_fold(params, fold_data, **kwargs)
+            return train_fold(params, fold_data, resume=resume,
+                              accumulation=resume["accumulation"] if resume else 1, **kwargs)
         except Exception as e:
             if not is_out_of_memory(e):
                 raise

@@ -268,6 +268,7 @@ def run_search(
     threads: int | None = None,
     artifact_dir: str | Path | None = None,
     heartbeat_interval: int | None = 30,
+    checkpoints: str | Path | bool = True,
     worker_index: int = 0,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
@@ -290,6 +291,10 @@ def run_search(
             optuna-dashboard); None: notes only.
         heartbeat_interval: Seconds between worker heartbeats (None: off); a trial whose worker
             stops beating is marked FAIL and re-run by another worker.
+        checkpoints: Folder where running trials save their state after every epoch, so a
+            re-run trial (its worker was killed, or interrupted) resumes from its last epoch;
+            True: beside a SQLite file, else ``maskopt-checkpoints`` (``default_checkpoint_dir``);
+            False: none.
         worker_index: This worker's number among those sharing the study (0 alone); it offsets
             the sampler's seed so that workers do not propose the same start-up trials. Folds
             and training seeds do not depend on it.
@@ -301,6 +306,7 @@ def run_search(
             different space.
         SearchInterrupted: Ctrl-C or SIGTERM; the running trial is marked FAIL.
     """
+    from maskopt.search.checkpoints import CheckpointStore, default_checkpoint_dir
     from maskopt.search.objective import Objective
 
     if n_trials < 1:
@@ -316,6 +322,10 @@ def run_search(
 
     from tqdm.auto import tqdm
 
+    if checkpoints is False:
+        store = None
+    else:
+        store = CheckpointStore(default_checkpoint_dir(url) if checkpoints is True else checkpoints, study.study_name)
     recover_dead_trials(study)
     already = counted_trials(study)
     trial_bar = tqdm(total=n_trials, initial=min(already, n_trials), desc="trials", unit="trial",
@@ -327,6 +337,8 @@ def run_search(
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         recover_dead_trials(study)
+        if store is not None:
+            store.sweep(keep=_live_origins(study))
         counted = counted_trials(study)
         trial_bar.n = min(counted, n_trials)
         trial_bar.refresh()
@@ -338,8 +350,12 @@ def run_search(
         if counted >= n_trials and not _has_waiting(study):
             study.stop()
 
+    def note(line: str) -> None:
+        tqdm.write(line) if show_progress else log(line)
+
     objective = Objective(space=space, data=data_ready, device=torch_device,
-                          epoch_bar=epoch_bar if show_progress else None, artifact_dir=artifact_dir)
+                          epoch_bar=epoch_bar if show_progress else None, artifact_dir=artifact_dir,
+                          checkpoints=store, log=note)
     try:
         with _sigterm_as_interrupt():
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -350,35 +366,72 @@ def run_search(
                         study.optimize(objective, timeout=left, callbacks=[after_trial], catch=(Exception,),
                                        gc_after_trial=True)
                     except ValueError:
-                        lost = _trial_failed_by_another_worker(study)
+                        lost = _my_lost_trial(study)
                         if lost is None:
                             raise
-                        log(f"warning: trial {lost} was failed by another worker while this one could not reach the "
+                        log(f"warning: trial {lost.number} was failed by another worker while this one could not reach the "
                             f"storage (its heartbeat stopped); it is re-run there, and nothing of it was written")
                         continue
                 if not _wait_for_running_trials(study, n_trials, deadline, log):
                     break
     except KeyboardInterrupt as e:
+        resumes = ""
+        try:
+            interrupted = _my_lost_trial(study)
+            if interrupted is not None and not _retried(study, interrupted):
+                # Preemption sends SIGTERM: queue the trial again, so the next run resumes it
+                # from its checkpoint instead of sampling a new one.
+                _retry_callback(study)(study, interrupted)
+                if store is not None and store.path(_origin(interrupted)).exists():
+                    resumes = f"; trial {interrupted.number} resumes from its last epoch"
+        except Exception:  # the storage may be what failed; the interruption is what to report
+            pass
         raise SearchInterrupted(
             f"search interrupted; the running trial was marked FAIL. Run the same command to continue "
-            f"study {settings.name!r} to {n_trials} trials.") from e
+            f"study {settings.name!r} to {n_trials} trials{resumes}.") from e
     finally:
         trial_bar.close()
 
+    if store is not None:
+        store.sweep(keep=_live_origins(study))
     return summary_of(study, url, n_trials, notes)
 
 
-def _trial_failed_by_another_worker(study: optuna.Study) -> int | None:
-    """The number of this worker's last trial if another worker marked it FAIL as dead, else None.
+def _my_lost_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """This worker's last trial if it is FAIL without a reason of its own, else None.
 
-    After a network partition this worker finishes a trial that the others have already failed
-    and re-queued; Optuna then refuses to record it (``Cannot tell a FAIL trial``), which is right.
+    That is a trial interrupted here (Ctrl-C, SIGTERM), or one that another worker marked FAIL
+    as dead while this one could not reach the storage (a network partition): Optuna then
+    refuses to record its result (``Cannot tell a FAIL trial``), which is right.
     """
     me = f"{socket.gethostname()}:{os.getpid()}"
     mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
     if mine and mine[-1].state == TrialState.FAIL and "fail_reason" not in mine[-1].user_attrs:
-        return mine[-1].number
+        return mine[-1]
     return None
+
+
+def _origin(trial: optuna.trial.FrozenTrial) -> int:
+    """The number of the trial that ``trial`` retries, or its own."""
+    return trial.system_attrs.get("failed_trial", trial.number)
+
+
+def _retried(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """True when a retry of ``trial`` is already queued (or has run)."""
+    return any(trial.number in t.system_attrs.get("retry_history", ()) for t in study.get_trials(deepcopy=False))
+
+
+def _retry_callback(study: optuna.Study):
+    # The storage's own callback when heartbeats are on, so its max_retry holds for both paths.
+    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return callback or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+
+
+def _live_origins(study: optuna.Study) -> set[int]:
+    """Origins of the trials that may still resume: running ones and queued retries."""
+    return {_origin(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
 
 
 def _wait_for_running_trials(study: optuna.Study, n_trials: int, deadline: float | None, log) -> bool:

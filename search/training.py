@@ -120,6 +120,8 @@ def train_fold(
     seed: int,
     accumulation: int = 1,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
     progress=None,
 ) -> tuple[FoldResult, torch.nn.Module]:
     """Train ``params`` on the fold's training rows, scoring the validation rows every epoch.
@@ -135,6 +137,10 @@ def train_fold(
             ``batch_size // accumulation`` so the effective batch stays ``batch_size``.
         on_epoch: Called with (epoch from 0, macro F1, accuracy) after each epoch; may raise
             ``optuna.TrialPruned`` to stop.
+        on_checkpoint: Called after each scored epoch, before ``on_epoch``, with the state
+            that ``resume`` takes to continue from there (see ``checkpoints.py``).
+        resume: A state given to ``on_checkpoint`` by an earlier run of this fold: training
+            continues after its epoch and, on the CPU, ends exactly as an uninterrupted run.
         progress: A tqdm bar advanced once per epoch, or None.
 
     Returns:
@@ -182,8 +188,22 @@ def train_fold(
     buffers = BatchBuffers()
 
     result = FoldResult()
-    train_seconds, images_seen, num_updates = 0.0, 0, 0
-    for epoch in range(settings.epochs):
+    train_seconds, images_seen, num_updates, first_epoch = 0.0, 0, 0, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])  # dropout and drop-path draw from it
+        if on_cuda and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        result = _fold_result_from(resume["result"])
+        train_seconds, images_seen, num_updates = resume["train_seconds"], resume["images_seen"], resume["num_updates"]
+        first_epoch = result.epochs_trained
+        if progress is not None:
+            progress.update(first_epoch)
+    for epoch in range(first_epoch, settings.epochs):
         model.train()
         started = time.perf_counter()
         order = epoch_order(data.train_labels, sampler=params.sampler, generator=generator)
@@ -224,10 +244,33 @@ def train_fold(
             result.best_predictions = predictions
         if progress is not None:
             progress.set_postfix(f1=f"{f1:.3f}")
+        if on_checkpoint is not None:
+            on_checkpoint({
+                "accumulation": accumulation, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
+                "result": _fold_result_state(result), "train_seconds": train_seconds,
+                "images_seen": images_seen, "num_updates": num_updates,
+            })
         if on_epoch is not None:
             on_epoch(epoch, f1, accuracy)
     result.images_per_second = images_seen / train_seconds if train_seconds else 0.0
     return result, model
+
+
+def _fold_result_state(result: FoldResult) -> dict:
+    """``result`` as plain values and tensors, which ``torch.load(weights_only=True)`` reads back."""
+    state = dataclasses.asdict(result)
+    if result.best_predictions is not None:
+        state["best_predictions"] = torch.from_numpy(result.best_predictions)
+    return state
+
+
+def _fold_result_from(state: dict) -> FoldResult:
+    predictions = state["best_predictions"]
+    return FoldResult(**{**state, "best_predictions": None if predictions is None else predictions.numpy(),
+                         "f1_history": list(state["f1_history"])})
 
 
 def train_full(params: TrialParams, images: torch.Tensor, labels: np.ndarray, *, settings: StudySettings,

@@ -25,6 +25,11 @@ from maskopt.commands.options import artifacts_option, cache_option, device_opti
 @artifacts_option("Folder for trial artifacts (confusion matrices) shown by the dashboard.")
 @click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds between worker heartbeats; a silent worker's trial is re-run.")
+@click.option("--checkpoints", "checkpoint_dir", type=click.Path(file_okay=False),
+              help="Folder where running trials save every epoch, so a killed or preempted trial resumes from "
+                   "its last epoch when re-run (default: beside a SQLite file, else ./maskopt-checkpoints; "
+                   "on several machines, a folder they share).")
+@click.option("--no-checkpoints", is_flag=True, help="Save no per-epoch checkpoints; a re-run trial starts from zero.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine (one per GPU when GPUs are present).")
 @click.option("--worker-index", type=click.IntRange(min=0), default=0, show_default=True,
@@ -36,7 +41,7 @@ from maskopt.commands.options import artifacts_option, cache_option, device_opti
               help="Do not retrain and export the best trial when the total is reached.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 def search(space_path, trials, data, storage, study_name, timeout, device, seed, cache_dir, threads,
-           artifact_dir, heartbeat_interval, workers, worker_index,
+           artifact_dir, heartbeat_interval, checkpoint_dir, no_checkpoints, workers, worker_index,
            exclude_broken, no_export, quiet):
     """Run (or resume) a pruned, person-grouped k-fold study from a YAML space.
 
@@ -53,12 +58,15 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
     from maskopt.search.space import load_space
     from maskopt.search.workers import run_workers
 
+    if checkpoint_dir and no_checkpoints:
+        raise click.UsageError("give --checkpoints DIR or --no-checkpoints, not both")
     space = load_space(space_path)
     log = _quiet_log if quiet else click.echo
     common = dict(n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed, timeout=timeout,
                   exclude_broken=exclude_broken,
                   device=device, cache_dir=cache_dir, threads=threads, artifact_dir=artifact_dir,
                   heartbeat_interval=heartbeat_interval, worker_index=worker_index,
+                  checkpoints=False if no_checkpoints else checkpoint_dir or True,
                   log=log)
     try:
         if workers > 1:

@@ -6,71 +6,19 @@ training a real timm model on a tiny demo dataset.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
-
-SPACE = """\
-study: {{name: {name}, folds: 2, epochs: {epochs}, seed: 0, pruner: none, sampler: random}}
-params:
-  backbone: mobilenetv3_small_050
-  image_size: 32
-  batch_size: 32
-  lr: {{low: 1.0e-3, high: 1.0e-2, log: true}}
-  head: [single, multi]
-"""
+from worker_processes import (
+    finish, finished_and_running, kill, load, make_tiny_data, start_worker, wait_for_running_trial, write_space,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from maskopt.search.demo_data import make_demo_data
-
-    root = tmp_path_factory.mktemp("workers") / "data"
-    make_demo_data(root, persons=10, eval_persons=2, size=32, seed=0)
-    return root
-
-
-def write_space(tmp_path: Path, name: str, epochs: int = 1) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(SPACE.format(name=name, epochs=epochs))
-    return path
-
-
-def start_worker(space: Path, data: Path, storage: str, trials: int, cache: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, MASKOPT_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "maskopt", "search", "--space", str(space), "--data", str(data),
-           "--storage", storage, "--trials", str(trials), "--cache-dir", str(cache), "--no-export", "--quiet", *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 240) -> str:
-    out, _ = process.communicate(timeout=timeout)
-    return out
-
-
-def load(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def wait_for_running_trial(storage: str, name: str, pid: int, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    """The RUNNING trial of worker ``pid`` once it has one (the worker stamps host:pid)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            for t in load(storage, name).get_trials(states=(TrialState.RUNNING,)):
-                if t.user_attrs.get("worker", "").endswith(f":{pid}"):
-                    return t
-        except KeyError:  # the study does not exist yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"worker {pid} never ran a trial")
+    return make_tiny_data(tmp_path_factory.mktemp("workers") / "data")
 
 
 def test_four_workers_started_together_on_a_fresh_postgres_share_the_total(
@@ -97,9 +45,8 @@ def test_sigkill_mid_trial_is_retried_by_another_worker(fresh_postgres_url, tiny
     cache = tmp_path / "cache"
     beat = ("--heartbeat-interval", "1")
     victim = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, *beat)
-    doomed = wait_for_running_trial(fresh_postgres_url, "crash", victim.pid)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    doomed = wait_for_running_trial(fresh_postgres_url, "crash", victim)
+    kill(victim)
     time.sleep(2.5)  # past the grace period (twice the interval), so the next trial start sees it stale
     survivor = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, "--worker-index", "1", *beat)
     out = finish(survivor)
@@ -119,7 +66,7 @@ def test_sigterm_stops_cleanly_and_a_rerun_resumes(tiny_data, tmp_path):
     storage = f"sqlite:///{tmp_path / 'term.db'}"
     space = write_space(tmp_path, "term", epochs=3)
     worker = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
-    running = wait_for_running_trial(storage, "term", worker.pid)
+    running = wait_for_running_trial(storage, "term", worker)
     worker.send_signal(signal.SIGTERM)
     out = finish(worker, timeout=60)
     assert worker.returncode == 130, out
@@ -156,21 +103,14 @@ def test_unreachable_storage_gives_one_paragraph_without_the_password(tiny_data,
     assert "Traceback" not in out
 
 
-def finished_and_running(storage: str, name: str) -> tuple[list, list]:
-    trials = load(storage, name).get_trials()
-    return ([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)],
-            [t for t in trials if t.state == TrialState.RUNNING])
-
-
 def test_sigkill_then_immediate_rerun_on_sqlite_finishes_the_total(tiny_data, tmp_path):
     # The default heartbeat (30 s) has not gone stale when the rerun starts: the rerun knows
     # the killed worker is gone because its process no longer exists on this machine.
     storage = f"sqlite:///{tmp_path / 'kill.db'}"
     space = write_space(tmp_path, "kill", epochs=3)
     victim = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
-    doomed = wait_for_running_trial(storage, "kill", victim.pid)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    doomed = wait_for_running_trial(storage, "kill", victim)
+    kill(victim)
 
     rerun = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
     out = finish(rerun)
@@ -188,9 +128,8 @@ def test_survivor_of_two_postgres_workers_waits_and_reruns_the_killed_trial(fres
     cache = tmp_path / "cache"
     survivor = start_worker(space, tiny_data, fresh_postgres_url, 6, cache)
     victim = start_worker(space, tiny_data, fresh_postgres_url, 6, cache, "--worker-index", "1")
-    doomed = wait_for_running_trial(fresh_postgres_url, "pair", victim.pid)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    doomed = wait_for_running_trial(fresh_postgres_url, "pair", victim)
+    kill(victim)
     out = finish(survivor, timeout=400)
     assert survivor.returncode == 0, out
 

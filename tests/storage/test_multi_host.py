@@ -14,50 +14,24 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
+from worker_processes import (
+    FINISHED, REPO, load, make_tiny_data, wait_for_running_trial, worker_cmd, write_space,
+)
 
-SPACE = """\
-study: {{name: {name}, folds: 2, epochs: {epochs}, seed: 0, pruner: none, sampler: random}}
-params:
-  backbone: mobilenetv3_small_050
-  image_size: 32
-  batch_size: 32
-  lr: {{low: 1.0e-3, high: 1.0e-2, log: true}}
-  head: [single, multi]
-"""
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TRIALS = 4
 HEAL_TIMEOUT = 240  # seconds A gets to exit once its link is back
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from maskopt.search.demo_data import make_demo_data
-
-    root = tmp_path_factory.mktemp("multi_host") / "data"
-    make_demo_data(root, persons=10, eval_persons=2, size=32, seed=0)
-    return root
-
-
-def write_space(tmp_path: Path, name: str, epochs: int = 1) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(SPACE.format(name=name, epochs=epochs))
-    return path
-
-
-def worker_cmd(space: Path, data: Path, storage: str, trials: int, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "maskopt", "search", "--space", str(space), "--data", str(data),
-            "--storage", storage, "--trials", str(trials), "--cache-dir", str(cache), "--no-export", "--quiet",
-            *extra]
+    return make_tiny_data(tmp_path_factory.mktemp("multi_host") / "data")
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -66,31 +40,9 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     out = open(log, "w")
     try:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                cwd=Path(__file__).resolve().parents[2])
+                                cwd=REPO)
     finally:
         out.close()
-
-
-def load(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def wait_for_running_trial(storage: str, name: str, pid: int, process: subprocess.Popen, log: Path,
-                           timeout: float = 180) -> optuna.trial.FrozenTrial:
-    """The RUNNING trial of worker ``pid`` once it has one (the worker stamps host:pid)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"worker {pid} exited {process.returncode} before running a trial:\n"
-                                 f"{log.read_text()}")
-        try:
-            for t in load(storage, name).get_trials(states=(TrialState.RUNNING,)):
-                if t.user_attrs.get("worker", "").endswith(f":{pid}"):
-                    return t
-        except KeyError:  # the study does not exist yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"worker {pid} never ran a trial:\n{log.read_text()}")
 
 
 # --- the network: a namespace, a veth pair, a forwarder -------------------------------------
@@ -286,7 +238,7 @@ def test_worker_cut_off_mid_trial_is_retried_by_the_other_host(fresh_postgres_ur
         cmdline = Path(f"/proc/{a.pid}/cmdline").read_bytes().split(b"\0")
         assert b"maskopt" in cmdline and b"ip" not in cmdline[:1], cmdline
 
-        cut_trial = wait_for_running_trial(fresh_postgres_url, name, a.pid, a, log_a)
+        cut_trial = wait_for_running_trial(fresh_postgres_url, name, a, log=log_a)
         b = start(worker_cmd(space, tiny_data, fresh_postgres_url, TRIALS, tmp_path / "cache-b",
                              "--worker-index", "1", *beat), log_b)
         second_host.cut()
