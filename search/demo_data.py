@@ -11,6 +11,12 @@ whose cues are learnable but imperfect, so that a hyperparameter search has room
 - age is hard: grey hair and wrinkles grow with an apparent age that is the true age plus
   several years of noise, so the cuts at 30 and 60 blur.
 
+On request (``label_noise``), a share of the train persons get a wrong recorded label, as the
+real data has: the other gender or an age in another band in the folder name and ``train.csv``,
+or two photos with different mask states swapped by file name. The photos stay as the true
+labels draw them, and ``label_noise.csv`` in the dataset root lists every flip, so a label-issue
+finder can be scored against it. The eval set and its solution are never noisy.
+
 Everything is drawn from seeded generators, so one seed always gives byte-identical files.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import numbers
 import os
 import shutil
 from collections import Counter
@@ -37,6 +44,8 @@ from .labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, encode
 RACE = "Asian"
 TRAIN_HEADER = ("id", "gender", "race", "age", "path")
 EVAL_HEADER = ("ImageID", "ans")
+LABEL_NOISE_FILE = "label_noise.csv"
+LABEL_NOISE_HEADER = ("person", "field", "true", "given")
 
 _FEMALE_SHARE = 0.6
 _AGE_60_SHARE = 0.07
@@ -53,8 +62,13 @@ _QUIRKS_GUARANTEED_FROM = 10
 _SUPERSAMPLE = 2
 """Pictures are drawn this many times larger, then shrunk, for smooth (anti-aliased) edges."""
 _JPEG_QUALITY = 90
-_TRAIN, _EVAL = 0, 1
-"""Roles that keep the random streams of train and eval persons apart."""
+_TRAIN, _EVAL, _NOISE = 0, 1, 2
+"""Roles that keep the random streams of train persons, eval persons and label noise apart.
+
+Label noise draws from its own streams only, so asking for none leaves every file as it was."""
+_NOISE_FIELDS = ("gender", "age", "mask")
+_MASK_STATE_STEMS = (STEMS[:5], ("incorrect_mask",), ("normal",))
+"""The stems of each mask state: wear, incorrect, not wear."""
 
 _SKIN_LIGHT, _SKIN_DARK = np.array([250, 220, 190]), np.array([165, 115, 85])
 _HAIR_BASES = ((22, 18, 18), (45, 32, 25), (80, 55, 35), (120, 85, 50))
@@ -79,7 +93,9 @@ class DemoDataSummary:
         eval_persons: Eval persons (seven images each under ``eval/images``).
         train_images: Train images written.
         eval_images: Eval images written.
-        class_counts: Train images per class, 18 entries indexed by class.
+        class_counts: Train images per class, 18 entries indexed by class, by the recorded
+            (possibly noisy) labels.
+        noisy_persons: Train persons with a flipped label, listed in ``label_noise.csv``.
     """
 
     out: Path
@@ -88,6 +104,7 @@ class DemoDataSummary:
     train_images: int
     eval_images: int
     class_counts: tuple[int, ...]
+    noisy_persons: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,7 @@ def make_demo_data(
     eval_persons: int = 60,
     size: int = 96,
     seed: int = 0,
+    label_noise: float = 0.0,
     progress: bool = False,
 ) -> DemoDataSummary:
     """Write a synthetic dataset in the competition's layout.
@@ -137,20 +155,34 @@ def make_demo_data(
     written to a hidden sibling folder first and moved into place at the end, so a failure
     never leaves a half-written ``out``.
 
+    With ``label_noise`` above 0, ``round(label_noise * persons)`` train persons, chosen by the
+    seed, get one wrong label each: the other gender, an age in another band (<30, 30-59, 60),
+    or two photos of different mask states swapped by file name (the file ``normal.jpg`` shows
+    a worn mask, say). Folder names and ``train.csv`` show the wrong (given) labels; the photos
+    show the true ones. ``label_noise.csv`` in ``out`` lists each flip as ``person,field,true,
+    given``: the person's folder name as written, ``gender``, ``age`` or ``mask``, and the true
+    and given gender or age; a mask swap takes two rows, one per file, with the stem the photo
+    was drawn as (true) and the stem in its file name (given). A smaller ``label_noise`` with the
+    same seed flips a subset of the same persons in the same way. The eval set stays clean.
+
     Args:
         out: Folder to create; it must not exist or be empty.
         persons: Train persons, at least 2; from 10 on, every quirk of the real data appears.
         eval_persons: Eval persons, at least 1.
         size: Width and height of the square RGB photos in pixels, at least 16.
         seed: Non-negative seed; the same seed gives byte-identical files.
+        label_noise: Share of train persons with a flipped label, in [0, 1); at 0 (the
+            default) the files are exactly those of a dataset made without it, and there is no
+            ``label_noise.csv``.
         progress: Show a progress bar.
 
     Returns:
         A summary of the counts written.
 
     Raises:
-        DataError: ``out`` exists and is not an empty folder.
-        ValueError: An argument is out of range.
+        DataError: ``out`` exists and is not an empty folder, or ``label_noise`` is not a
+            number in [0, 1).
+        ValueError: Another argument is out of range.
     """
     if persons < 2:
         raise ValueError(f"persons must be at least 2, got {persons}")
@@ -160,6 +192,11 @@ def make_demo_data(
         raise ValueError(f"size must be at least 16, got {size}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if not (isinstance(label_noise, numbers.Real) and 0 <= label_noise < 1):  # NaN fails too
+        raise DataError(
+            f"label noise must be a share of train persons from 0 up to (not including) 1, got {label_noise!r}; "
+            "0.1 flips the label of one person in ten"
+        )
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(
@@ -175,8 +212,10 @@ def make_demo_data(
     staging.mkdir()
     try:
         with tqdm(total=persons + eval_persons, unit="person", desc="demo data", disable=not progress) as bar:
-            class_counts = _write_train(staging / "train", persons, size, seed, bar)
+            class_counts, noise_rows = _write_train(staging / "train", persons, size, seed, label_noise, bar)
             _write_eval(staging / "eval", eval_persons, size, seed, bar)
+            if label_noise > 0:
+                _write_csv(staging / LABEL_NOISE_FILE, LABEL_NOISE_HEADER, noise_rows)
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -190,6 +229,7 @@ def make_demo_data(
         train_images=persons * len(STEMS),
         eval_images=eval_persons * len(STEMS),
         class_counts=tuple(int(c) for c in class_counts),
+        noisy_persons=len({row[0] for row in noise_rows}),
     )
 
 
@@ -204,34 +244,90 @@ class _Sitting:
     age: int
 
 
-def _write_train(train_dir: Path, persons: int, size: int, seed: int, bar: tqdm) -> np.ndarray:
-    """Write ``train.csv``, the person folders and the ``._`` files; return images per class."""
+@dataclass(frozen=True)
+class _Flip:
+    """One person's wrong label: a field and what is recorded instead of the truth."""
+
+    field: str
+    """``gender``, ``age`` or ``mask``."""
+    age: int | None = None
+    """The recorded age, in another band than the true one, for an ``age`` flip."""
+    swap: tuple[str, str] | None = None
+    """The two stems whose file names trade places, for a ``mask`` flip."""
+
+
+def _draw_label_noise(seed: int, share: float, ages: list[int]) -> dict[int, _Flip]:
+    """The flips by train person index; empty for a share of 0.
+
+    The persons are the first of one seeded permutation and each flip comes from the person's
+    own stream, so a smaller share flips a subset of the same persons in the same way. Nothing
+    here draws from the streams of the photos, so the clean parts of the data stay as they are.
+    """
+    count = round(share * len(ages))
+    order = np.random.default_rng([seed, _NOISE]).permutation(len(ages)) if count else []
+    flips = {}
+    for index in sorted(int(i) for i in order[:count]):
+        rng = np.random.default_rng([seed, _NOISE, index])
+        field = _NOISE_FIELDS[rng.integers(len(_NOISE_FIELDS))]
+        if field == "gender":
+            flips[index] = _Flip(field)
+        elif field == "age":
+            band = [b for b in range(3) if b != age_band(ages[index])][rng.integers(2)]
+            age = _draw_young_age(rng) if band == 0 else _draw_middle_age(rng) if band == 1 else 60
+            flips[index] = _Flip(field, age=age)
+        else:
+            first, second = rng.choice(len(_MASK_STATE_STEMS), size=2, replace=False)
+            stems = (str(rng.choice(_MASK_STATE_STEMS[first])), str(rng.choice(_MASK_STATE_STEMS[second])))
+            flips[index] = _Flip(field, swap=tuple(s for s in STEMS if s in stems))
+    return flips
+
+
+def _write_train(
+    train_dir: Path, persons: int, size: int, seed: int, label_noise: float, bar: tqdm
+) -> tuple[np.ndarray, list[tuple[str, str, str, str]]]:
+    """Write ``train.csv``, the person folders and the ``._`` files; return images per class
+    (by the recorded labels) and the rows of ``label_noise.csv``."""
     rng = np.random.default_rng([seed, _TRAIN])
     genders, ages = _draw_demographics(rng, persons)
     ids = _draw_ids(rng, persons)
     extensions = _draw_extensions(rng, persons)
     hidden = _draw_hidden_files(rng, persons)
+    noise = _draw_label_noise(seed, label_noise, ages)
 
     images_dir = train_dir / "images"
     images_dir.mkdir(parents=True)
     _write_apple_double(train_dir / "._train.csv", rng)
     _write_apple_double(train_dir / "._images", rng)
     class_counts = np.zeros(NUM_CLASSES, dtype=int)
-    rows, sittings = [], []
+    rows, sittings, noise_rows = [], [], []
     for index in range(persons):
-        folder = f"{ids[index]}_{genders[index]}_{RACE}_{ages[index]}"
-        rows.append((ids[index], genders[index], RACE, str(ages[index]), folder))
+        flip = noise.get(index)
+        gender, age = genders[index], ages[index]  # as recorded
+        if flip is not None and flip.field == "gender":
+            gender = "male" if gender == "female" else "female"
+        elif flip is not None and flip.field == "age":
+            age = flip.age
+        folder = f"{ids[index]}_{gender}_{RACE}_{age}"
+        rows.append((ids[index], gender, RACE, str(age), folder))
         person_dir = images_dir / folder
         person_dir.mkdir()
-        files = {stem: person_dir / f"{stem}.{extensions[index][stem]}" for stem in STEMS}
+        names = {stem: person_dir / f"{stem}.{extensions[index][stem]}" for stem in STEMS}
+        files = dict(names)  # where the photo drawn as each stem goes
+        if flip is not None and flip.field == "mask":
+            first, second = flip.swap
+            files[first], files[second] = names[second], names[first]
+            noise_rows += [(folder, "mask", first, second), (folder, "mask", second, first)]
+        elif flip is not None:
+            true, given = (genders[index], gender) if flip.field == "gender" else (ages[index], age)
+            noise_rows.append((folder, flip.field, str(true), str(given)))
         sittings.append(_Sitting(files, (seed, _TRAIN, index), genders[index], ages[index]))
         for stem in STEMS:
             if stem in hidden[index]:
-                _write_apple_double(person_dir / f"._{files[stem].name}", rng)
-            class_counts[_label(stem, genders[index], ages[index])] += 1
+                _write_apple_double(person_dir / f"._{names[stem].name}", rng)
+            class_counts[_label(stem, gender, age)] += 1
     _photograph(sittings, size, bar)
     _write_csv(train_dir / "train.csv", TRAIN_HEADER, rows)
-    return class_counts
+    return class_counts, noise_rows
 
 
 def _write_eval(eval_dir: Path, persons: int, size: int, seed: int, bar: tqdm) -> None:

@@ -11,7 +11,9 @@ import click
 @click.option("--eval-persons", type=click.IntRange(min=1), default=60, show_default=True, help="Eval persons.")
 @click.option("--size", type=click.IntRange(min=16), default=96, show_default=True, help="Photo side in pixels.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same files.")
-def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: int) -> None:
+@click.option("--label-noise", type=float, default=0.0, show_default=True, metavar="P",
+              help="Share of train persons (0 <= P < 1) given a wrong label, listed in label_noise.csv.")
+def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: int, label_noise: float) -> None:
     """Write a synthetic dataset in the competition's layout to OUT.
 
     OUT must not exist or be empty. It gets train/train.csv, train/images/<person>/ with seven
@@ -20,15 +22,22 @@ def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: i
     quirks: string ids such as 000600-1, mixed .jpg/.png/.jpeg files, macOS ._ files, and a
     tiny band of 60-year-olds.
 
+    With --label-noise P, a share P of the train persons get one wrong label each (the other
+    gender, an age in another band, or two photos of different mask states swapped by file
+    name) while their photos show the truth; OUT/label_noise.csv lists every flip
+    (person,field,true,given), to score a label-issue finder against. The eval set stays clean.
+
     \b
     Example:
       maskopt make-demo-data demo-data --persons 200 --size 96
+      maskopt make-demo-data noisy-data --label-noise 0.05
     """
     import shlex
 
     from maskopt.search.demo_data import make_demo_data as make
 
-    summary = make(out, persons=persons, eval_persons=eval_persons, size=size, seed=seed, progress=True)
+    summary = make(out, persons=persons, eval_persons=eval_persons, size=size, seed=seed,
+                   label_noise=label_noise, progress=True)
     counts = summary.class_counts
     click.echo(f"Wrote {summary.out}/ ({size}x{size} px, seed {seed}):")
     click.echo(f"  train: {summary.persons} persons, {summary.train_images} images in train/images/, train/train.csv")
@@ -37,6 +46,9 @@ def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: i
         "eval/info.csv, eval/solution.csv"
     )
     click.echo(f"  train images per class 0..17: {' '.join(str(c) for c in counts)} (smallest {min(counts)})")
+    if label_noise > 0:
+        click.echo(f"  label noise: {summary.noisy_persons} of {summary.persons} train persons have a wrong label, "
+                   "listed in label_noise.csv (eval is clean)")
     click.echo("Next:")
     click.echo(f"  maskopt search --space spaces/demo.yaml --data {shlex.quote(str(summary.out))}")
 

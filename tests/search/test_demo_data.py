@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maskopt.cli import cli
 from maskopt.errors import DataError
+from maskopt.search.dataset import load_dataset
 from maskopt.search.demo_data import DemoDataSummary, make_demo_data
 from maskopt.search.labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, decode, encode
 
@@ -179,4 +181,148 @@ def test_cli_validates_options(tmp_path, option, value):
     result = CliRunner().invoke(cli, ["make-demo-data", str(tmp_path / "data"), option, value])
     assert result.exit_code == 2
     assert option in result.output
+    assert not (tmp_path / "data").exists()
+
+
+# --- label noise ---------------------------------------------------------------------------
+
+NOISY = dict(persons=30, eval_persons=2, size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def noisy_and_clean(tmp_path_factory) -> tuple[DemoDataSummary, DemoDataSummary]:
+    root = tmp_path_factory.mktemp("noise")
+    return make_demo_data(root / "noisy", label_noise=0.2, **NOISY), make_demo_data(root / "clean", **NOISY)
+
+
+def noise_rows(out: Path) -> list[list[str]]:
+    header, rows = read_csv(out / "label_noise.csv")
+    assert header == ["person", "field", "true", "given"]
+    return rows
+
+
+def folders_by_id(out: Path) -> dict[str, Path]:
+    return {folder.name.split("_")[0]: folder for folder in (out / "train" / "images").iterdir()}
+
+
+def photo(folder: Path, stem: str) -> bytes:
+    (path,) = [p for p in images_in(folder) if p.stem == stem]
+    return path.read_bytes()
+
+
+def test_default_label_noise_changes_no_byte_and_writes_no_list(tmp_path):
+    options = dict(persons=10, eval_persons=2, size=16, seed=2)
+    plain = tree_bytes(make_demo_data(tmp_path / "plain", **options).out)
+    zero = tree_bytes(make_demo_data(tmp_path / "zero", label_noise=0.0, **options).out)
+    assert plain == zero
+    assert "label_noise.csv" not in plain
+
+
+def test_label_noise_flips_the_asked_share_of_train_persons(noisy_and_clean):
+    noisy, _ = noisy_and_clean
+    rows = noise_rows(noisy.out)
+    persons = {row[0] for row in rows}
+    assert len(persons) == noisy.noisy_persons == round(0.2 * NOISY["persons"]) == 6
+    assert {row[1] for row in rows} == {"gender", "age", "mask"}, "seed 0 happens to draw every kind"
+    for person, field, true, given in rows:
+        assert true != given
+        if field == "gender":
+            assert {true, given} == {"male", "female"}
+        elif field == "age":
+            assert age_band(int(true)) != age_band(int(given)) and 18 <= int(given) <= 60
+        else:
+            assert true in STEMS and given in STEMS and MASK_OF_STEM[true] != MASK_OF_STEM[given]
+    masks = [row for row in rows if row[1] == "mask"]
+    # A swap is two rows, one per file, each the mirror of the other.
+    assert sorted((p, t, g) for p, _, t, g in masks) == sorted((p, g, t) for p, _, t, g in masks)
+
+
+def test_names_show_the_given_labels_and_photos_the_true_ones(noisy_and_clean):
+    noisy, clean = noisy_and_clean
+    noisy_folders, clean_folders = folders_by_id(noisy.out), folders_by_id(clean.out)
+    _, train_rows = read_csv(noisy.out / "train" / "train.csv")
+    recorded = {row[4]: row for row in train_rows}
+    for person, field, true, given in noise_rows(noisy.out):
+        id_, gender, _, age = person.split("_")
+        folder, truth = noisy_folders[id_], clean_folders[id_]
+        assert folder.name == person and recorded[person][1:4:2] == [gender, age]
+        _, true_gender, _, true_age = truth.name.split("_")
+        if field == "gender":
+            assert (gender, true_gender, age) == (given, true, true_age)
+        elif field == "age":
+            assert (age, true_age, gender) == (given, true, true_gender)
+        else:
+            assert folder.name == truth.name
+            # The file named `given` holds the photo drawn as `true`, byte for byte.
+            assert photo(folder, given) == photo(truth, true) != photo(truth, given)
+        if field != "mask":
+            assert tree_bytes(folder) == tree_bytes(truth), "the photos stay as the true labels draw them"
+
+
+def test_noise_stays_in_the_noisy_train_persons_and_eval_stays_clean(noisy_and_clean):
+    noisy, clean = noisy_and_clean
+    flipped = {row[0].split("_")[0] for row in noise_rows(noisy.out)}
+    noisy_tree, clean_tree = tree_bytes(noisy.out), tree_bytes(clean.out)
+    for key in ("eval/info.csv", "eval/solution.csv"):
+        assert noisy_tree[key] == clean_tree[key]
+    untouched = {k: v for k, v in clean_tree.items()
+                 if k != "train/train.csv" and not (k.startswith("train/images/") and k.split("/")[2].split("_")[0] in flipped)}
+    assert untouched and all(noisy_tree[k] == v for k, v in untouched.items())
+    assert len([k for k in untouched if k.startswith("eval/images/")]) == 7 * NOISY["eval_persons"]
+    _, noisy_rows = read_csv(noisy.out / "train" / "train.csv")
+    _, clean_rows = read_csv(clean.out / "train" / "train.csv")
+    changed = {a[0] for a, b in zip(noisy_rows, clean_rows) if a != b}
+    assert changed == {row[0].split("_")[0] for row in noise_rows(noisy.out) if row[1] != "mask"}
+
+
+def test_noisy_class_counts_follow_the_folder_names_and_the_data_loads(noisy_and_clean):
+    noisy, clean = noisy_and_clean
+    expected = np.zeros(NUM_CLASSES, dtype=int)
+    for folder in (noisy.out / "train" / "images").iterdir():
+        _, gender, _, age = folder.name.rsplit("_", 3)
+        for path in images_in(folder):
+            expected[encode(MASK_OF_STEM[path.stem], GENDERS[gender], age_band(int(age)))] += 1
+    assert tuple(expected) == noisy.class_counts != clean.class_counts
+    dataset = load_dataset(noisy.out)
+    assert len(dataset.paths) == 7 * NOISY["persons"]
+
+
+def test_same_seed_same_noise_and_a_smaller_share_flips_a_subset(tmp_path, noisy_and_clean):
+    noisy, _ = noisy_and_clean
+    again = make_demo_data(tmp_path / "again", label_noise=0.2, **NOISY)
+    assert tree_bytes(again.out) == tree_bytes(noisy.out)
+    fewer = make_demo_data(tmp_path / "fewer", label_noise=0.1, **NOISY)
+    assert fewer.noisy_persons == 3
+    assert set(map(tuple, noise_rows(fewer.out))) < set(map(tuple, noise_rows(noisy.out)))
+    other = make_demo_data(tmp_path / "other", label_noise=0.2, **{**NOISY, "seed": 1})
+    assert noise_rows(other.out) != noise_rows(noisy.out)
+
+
+def test_a_tiny_share_of_few_persons_flips_nobody_but_lists_it(tmp_path):
+    summary = make_demo_data(tmp_path / "tiny", persons=4, eval_persons=1, size=16, label_noise=0.1)
+    assert summary.noisy_persons == 0 and noise_rows(summary.out) == []
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, math.nan, "0.2", None])
+def test_rejects_a_label_noise_outside_zero_to_one(tmp_path, bad):
+    with pytest.raises(DataError, match="label noise"):
+        make_demo_data(tmp_path / "data", persons=2, eval_persons=1, size=16, label_noise=bad)
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_cli_label_noise(tmp_path):
+    out = tmp_path / "noisy"
+    args = ["make-demo-data", str(out), "--persons", "10", "--eval-persons", "1", "--size", "16", "--label-noise", "0.2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "label noise: 2 of 10 train persons" in result.output
+    assert len(noise_rows(out)) >= 2
+
+
+@pytest.mark.parametrize("value", ["1", "-0.5", "nan", "2"])
+def test_cli_rejects_a_bad_label_noise_cleanly(tmp_path, value):
+    result = CliRunner().invoke(cli, ["make-demo-data", str(tmp_path / "data"), "--label-noise", value])
+    assert result.exit_code == 1, result.output
+    assert "Error:" in result.output and "label noise" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert not (tmp_path / "data").exists()
