@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -38,6 +39,25 @@ EXPORT_ATTR = "maskopt_export"
 
 
 @dataclass(frozen=True)
+class EnsembleReport:
+    """What ``--ensemble K`` chose, measured on the pooled out-of-fold predictions."""
+
+    trials: tuple[int, ...]  # member trials, in the order of their folders
+    weights: tuple[float, ...]
+    oof_macro_f1: float  # of the weighted ensemble
+    best_single_oof_macro_f1: float  # of the best trial alone, same rows
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Per-class offsets on log-probabilities, and what they are worth on out-of-fold predictions."""
+
+    offsets: tuple[float, ...]
+    oof_macro_f1: float  # without offsets
+    nested_oof_macro_f1: float  # with offsets fitted on the other folds: an honest estimate
+
+
+@dataclass(frozen=True)
 class ExportResult:
     out: Path
     study_name: str
@@ -46,6 +66,12 @@ class ExportResult:
     epochs: int
     models: tuple[str, ...]
     submission: Path | None
+    ensemble: EnsembleReport | None = None
+    calibration: CalibrationReport | None = None
+
+
+MAX_ENSEMBLE_CANDIDATES = 20
+"""Ensemble selection looks at the study's best complete trials, at most this many."""
 
 
 def export_best(
@@ -56,13 +82,16 @@ def export_best(
     out: str | Path | None = None,
     tta: bool = False,
     ensemble_folds: bool = False,
+    ensemble: int = 1,
+    calibrate: bool = False,
+    artifact_dir: str | Path | None = None,
     force: bool = False,
     device: str = "auto",
     threads: int | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Retrain the study's best complete trial and export it.
+    """Retrain the study's best complete trial (or an ensemble of its best) and export it.
 
     Args:
         storage_url: The study storage (None: ``maskopt.db`` here).
@@ -70,8 +99,16 @@ def export_best(
         data: Dataset path (default: the one the study was run on).
         out: Export folder (default ``exports/<study>``).
         tta: Average predictions with the horizontally flipped image.
-        ensemble_folds: Train the k fold models of the best trial on their folds and average
-            their probabilities, instead of one model on all data.
+        ensemble_folds: Train the k fold models of each exported trial on their folds and
+            average their probabilities, instead of one model on all data.
+        ensemble: Greedy ensemble selection with replacement (Caruana et al. 2004) of up to
+            this many picks among the best trials, on their stored out-of-fold probabilities;
+            every member is retrained and exported, and ``predict`` averages them by weight.
+            1: the best trial alone.
+        calibrate: Fit per-class offsets on the out-of-fold log-probabilities that maximise
+            macro F1, store them in the export and apply them in ``predict``.
+        artifact_dir: The artifact folder the search stored out-of-fold predictions in
+            (default ``maskopt-artifacts``); read for ``ensemble`` and ``calibrate``.
         force: Replace an existing export folder.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads for torch (default: the free cores).
@@ -79,31 +116,31 @@ def export_best(
         progress: Show progress bars.
 
     Raises:
-        ExportError: No such study, no complete trial, or the folder exists without ``force``.
+        ExportError: No such study, no complete trial, no stored out-of-fold predictions for
+            ``ensemble`` or ``calibrate``, or the folder exists without ``force``.
     """
-    import torch
-
     from maskopt.search.data import prepare_data
     from maskopt.search.dataset import load_dataset
-    from maskopt.search.objective import fold_seed, release_memory
+    from maskopt.search.objective import release_memory
     from maskopt.search.runner import SPACE_ATTR, check_study_name, setup_torch, top_trials
     from maskopt.search.space import parse_space
-    from maskopt.search.training import mean_std, train_fold, train_full
-    from maskopt.storage import load_existing_study, open_storage
+    from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
 
+    if ensemble < 1:
+        raise ExportError(f"the ensemble size must be at least 1, got {ensemble}")
     storage = open_storage(storage_url, heartbeat_interval=None, create=False)  # a typo must not make a new file
     study = load_existing_study(storage=storage, study_name=study_name)
     if SPACE_ATTR not in study.user_attrs:
         raise ExportError(f"study {study.study_name!r} was not made by maskopt search (it has no stored search space)")
-    best = top_trials(study, 1)
-    if not best:
+    candidates = top_trials(study, MAX_ENSEMBLE_CANDIDATES if ensemble > 1 else 1)
+    if not candidates:
         states = {}
         for t in study.get_trials(deepcopy=False):
             states[t.state.name] = states.get(t.state.name, 0) + 1
         counts = ", ".join(f"{n} {s.lower()}" for s, n in states.items()) or "no trials"
         raise ExportError(f"study {study.study_name!r} has no complete trial to export ({counts}); "
                           f"run more trials with maskopt search")
-    best = best[0]
+    best = candidates[0]
     if out is None:
         try:
             out = Path("exports") / check_study_name(study.study_name)
@@ -124,74 +161,52 @@ def export_best(
     dataset = load_dataset(data_path, layout=settings.layout, corrections=settings.corrections,
                            exclude_broken=settings.exclude_broken)
     space, _ = space.for_layout(dataset.layout)
-    params = space.params_from(best.params)
     eval_set = _eval_set(Path(data_path), dataset.layout)  # checked before hours of retraining
-    prepared = prepare_data(dataset, image_sizes=[params.image_size], cache_dir=cache_dir,
-                            exclude_broken=settings.exclude_broken, progress=progress)
-    dataset = prepared.dataset
-    torch_device = setup_torch(device, threads)
-    images = prepared.images(params.image_size, torch_device)
-    train_labels = dataset.training_labels(params.age_old)
-    best_epochs = best.user_attrs.get("best_epoch") or [settings.epochs]
-    epochs = max(1, int(round(float(np.mean(best_epochs)))))
 
-    from tqdm.auto import tqdm
+    members, weights, ensemble_report, calibration = [best], [1.0], None, None
+    if ensemble > 1 or calibrate:
+        oofs = _stored_oofs(candidates, artifact_dir or DEFAULT_ARTIFACT_DIR, dataset, study.study_name)
+        if ensemble > 1:
+            members, weights, ensemble_report = _select_ensemble(candidates, oofs, ensemble, dataset.num_classes)
+        if calibrate:
+            by_number = {t.number: oof for t, oof in zip(candidates, oofs) if oof is not None}
+            blend = sum(w * by_number[t.number].probs for t, w in zip(members, weights))
+            calibration = _calibrate(blend, by_number[best.number], dataset.num_classes)
+
+    member_params = [space.params_from(t.params) for t in members]
+    prepared = prepare_data(dataset, image_sizes=sorted({p.image_size for p in member_params}), cache_dir=cache_dir,
+                            exclude_broken=settings.exclude_broken, progress=progress)
+    torch_device = setup_torch(device, threads)
 
     # Stage beside the export, so the final rename stays on one filesystem (the system temp folder
     # is often another one, where os.replace fails).
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        models = []
-        if ensemble_folds:
-            folds = prepared.folds(n_folds=settings.folds, seed=settings.seed)
-            for k, (train_idx, _) in enumerate(folds):
-                from maskopt.search.training import TrainingData
-
-                fold_epochs = best_epochs[k] if k < len(best_epochs) else epochs
-                fold_data = TrainingData(images, train_idx, train_labels[train_idx], train_idx[:0], train_labels[:0])
-                with tqdm(total=fold_epochs, desc=f"fold {k + 1} model", unit="ep", disable=not progress) as bar:
-                    _, model = train_fold(params, fold_data, settings=_with_epochs(settings, fold_epochs),
-                                          num_classes=dataset.num_classes, device=torch_device,
-                                          seed=fold_seed(settings.seed, best.number, k), progress=bar)
-                models.append((f"fold{k}.safetensors", model))
+        if len(members) == 1:
+            config = _export_trial(tmp, best, member_params[0], settings, prepared, torch_device, study.study_name,
+                                   ensemble_folds=ensemble_folds, progress=progress)
         else:
-            with tqdm(total=epochs, desc="retraining on all data", unit="ep", disable=not progress) as bar:
-                model = train_full(params, images, train_labels, settings=settings, epochs=epochs,
-                                   num_classes=dataset.num_classes, device=torch_device,
-                                   seed=fold_seed(settings.seed, best.number, settings.folds), progress=bar)
-            models.append(("model.safetensors", model))
-
-        from safetensors.torch import save_model
-
-        for name, model in models:
-            save_model(model.cpu(), str(tmp / name))
-        mean, std = mean_std(models[0][1])
-        config = {
-            "format": EXPORT_FORMAT,
-            "backbone": params.backbone,
-            "head": params.head,
-            "num_classes": dataset.num_classes,
-            "class_names": list(dataset.class_names),
-            "layout": dataset.layout,
-            "image_size": params.image_size,
-            "mean": list(mean),
-            "std": list(std),
-            "age_old_training": params.age_old,
-            "age_old_official": L.OFFICIAL_AGE_OLD,
-            "models": [name for name, _ in models],
-            "tta": tta,
-            "study": study.study_name,
-            "trial": best.number,
-            "params": params.as_dict(),
-            "cv_macro_f1": best.value,
-            "fold_macro_f1": best.user_attrs.get("fold_f1"),
-            "epochs": epochs if not ensemble_folds else best_epochs,
-            "dataset_fingerprint": dataset.fingerprint(),
-            "versions": _versions(),
-        }
+            folders = []
+            for trial, params in zip(members, member_params):
+                folder = f"member-trial-{trial.number}"
+                (tmp / folder).mkdir()
+                member = _export_trial(tmp / folder, trial, params, settings, prepared, torch_device,
+                                       study.study_name, ensemble_folds=ensemble_folds, progress=progress)
+                (tmp / folder / CONFIG_FILE).write_text(json.dumps({**member, "tta": tta}, indent=2) + "\n")
+                folders.append(folder)
+            config = {"format": EXPORT_FORMAT, "num_classes": dataset.num_classes,
+                      "class_names": list(dataset.class_names), "layout": dataset.layout,
+                      "members": [{"folder": f, "weight": w, "trial": t.number}
+                                  for f, w, t in zip(folders, weights, members)],
+                      "study": study.study_name, "trial": best.number, "cv_macro_f1": best.value,
+                      "ensemble": dataclasses.asdict(ensemble_report),
+                      "dataset_fingerprint": dataset.fingerprint(), "versions": _versions()}
+        config["tta"] = tta
+        if calibration is not None:
+            config["class_offsets"] = list(calibration.offsets)
+            config["calibration"] = dataclasses.asdict(calibration)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        del models, model
         release_memory(torch_device)
         submission = None
         if eval_set is not None:
@@ -204,12 +219,124 @@ def export_best(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _record_export(study, best, out, storage, config)
-    return ExportResult(out, study.study_name, best.number, best.value, epochs, tuple(config["models"]), submission)
+    models = tuple(config["models"]) if "models" in config else tuple(
+        f"{m['folder']}/{name}" for m in config["members"]
+        for name in json.loads((out / m["folder"] / CONFIG_FILE).read_text())["models"])
+    return ExportResult(out, study.study_name, best.number, best.value, config.get("epochs", 0), models, submission,
+                        ensemble_report, calibration)
+
+
+def _export_trial(folder: Path, trial, params, settings, prepared, device, study_name: str, *,
+                  ensemble_folds: bool, progress: bool) -> dict:
+    """Retrain one trial, write its weights into ``folder`` and return its config (not yet written).
+
+    Retraining uses the trial's original seeds (a retried trial's are its original's).
+    """
+    from safetensors.torch import save_model
+    from tqdm.auto import tqdm
+
+    from maskopt.search.objective import fold_seed
+    from maskopt.search.runner import trial_origin
+    from maskopt.search.training import TrainingData, mean_std, train_fold, train_full
+
+    dataset = prepared.dataset
+    images = prepared.images(params.image_size, device)
+    train_labels = dataset.training_labels(params.age_old)
+    best_epochs = trial.user_attrs.get("best_epoch") or [settings.epochs]
+    epochs = max(1, int(round(float(np.mean(best_epochs)))))
+    origin = trial_origin(trial)
+    models = []
+    if ensemble_folds:
+        folds = prepared.folds(n_folds=settings.folds, seed=settings.seed)
+        for k, (train_idx, _) in enumerate(folds):
+            fold_epochs = best_epochs[k] if k < len(best_epochs) else epochs
+            fold_data = TrainingData(images, train_idx, train_labels[train_idx], train_idx[:0], train_labels[:0])
+            with tqdm(total=fold_epochs, desc=f"trial {trial.number} fold {k + 1}", unit="ep",
+                      disable=not progress) as bar:
+                _, model = train_fold(params, fold_data, settings=_with_epochs(settings, fold_epochs),
+                                      num_classes=dataset.num_classes, device=device,
+                                      seed=fold_seed(settings.seed, origin, k), progress=bar)
+            models.append((f"fold{k}.safetensors", model))
+    else:
+        with tqdm(total=epochs, desc=f"retraining trial {trial.number} on all data", unit="ep",
+                  disable=not progress) as bar:
+            model = train_full(params, images, train_labels, settings=settings, epochs=epochs,
+                               num_classes=dataset.num_classes, device=device,
+                               seed=fold_seed(settings.seed, origin, settings.folds), progress=bar)
+        models.append(("model.safetensors", model))
+    for name, model in models:
+        save_model(model.cpu(), str(folder / name))
+    mean, std = mean_std(models[0][1])
+    return {
+        "format": EXPORT_FORMAT,
+        "backbone": params.backbone,
+        "head": params.head,
+        "num_classes": dataset.num_classes,
+        "class_names": list(dataset.class_names),
+        "layout": dataset.layout,
+        "image_size": params.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "age_old_training": params.age_old,
+        "age_old_official": L.OFFICIAL_AGE_OLD,
+        "models": [name for name, _ in models],
+        "study": study_name,
+        "trial": trial.number,
+        "params": params.as_dict(),
+        "cv_macro_f1": trial.value,
+        "fold_macro_f1": trial.user_attrs.get("fold_f1"),
+        "epochs": epochs if not ensemble_folds else best_epochs,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "versions": _versions(),
+    }
+
+
+def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
+    """The stored OOF predictions of each candidate (None where missing or of other data).
+
+    Raises:
+        ExportError: The best trial has none: without them there is nothing to select or fit on.
+    """
+    from maskopt.search.oof import load_oof
+
+    fingerprint = dataset.fingerprint()
+    oofs = []
+    for trial in candidates:
+        oof = load_oof(trial, artifact_dir)
+        oofs.append(oof if oof is not None and oof.dataset == fingerprint and len(oof.probs) == len(dataset) else None)
+    if oofs[0] is None:
+        raise ExportError(
+            f"trial {candidates[0].number} of study {study_name!r} has no stored out-of-fold predictions for this "
+            f"dataset in {artifact_dir}/ (a search stores them in its --artifacts folder; an older search, another "
+            f"folder, or other data has none). Pass --artifacts FOLDER, or export without --ensemble/--calibrate")
+    return oofs
+
+
+def _select_ensemble(candidates, oofs, size: int, num_classes: int):
+    """Caruana selection among the candidates with OOF; returns (member trials, weights, report)."""
+    from maskopt.search.oof import caruana_ensemble
+
+    usable = [(t, oof) for t, oof in zip(candidates, oofs) if oof is not None]
+    labels = usable[0][1].labels
+    selection = caruana_ensemble([oof.probs for _, oof in usable], labels, size=size, n_classes=num_classes)
+    members = [usable[m][0] for m in selection.members]  # in rank order: candidates are best first
+    weights = list(selection.weights)
+    report = EnsembleReport(tuple(t.number for t in members), tuple(weights), selection.f1,
+                            selection.single_f1s[0])
+    return members, weights, report
+
+
+def _calibrate(blend: np.ndarray, best_oof, num_classes: int) -> CalibrationReport:
+    """Offsets fitted on all OOF rows; their gain estimated by fitting on the other folds."""
+    from maskopt.search.oof import fit_class_offsets, nested_offset_gain
+
+    log_probs = np.log(np.clip(blend, 1e-7, None))
+    gain = nested_offset_gain(log_probs, best_oof.labels, best_oof.folds, n_classes=num_classes)
+    offsets = fit_class_offsets(log_probs, best_oof.labels, n_classes=num_classes)
+    return CalibrationReport(tuple(float(o) for o in offsets), gain.uncalibrated, gain.nested)
 
 
 def _with_epochs(settings, epochs: int):
-    import dataclasses
-
     return dataclasses.replace(settings, epochs=epochs)
 
 
@@ -268,7 +395,7 @@ def _versions() -> dict[str, str]:
 
 
 def load_export(model_dir: str | Path, device) -> tuple[dict, list]:
-    """The config and models of an export folder (weights loaded without executing code).
+    """The config and models of a one-trial export folder (weights loaded without executing code).
 
     Raises:
         ExportError: The config is invalid (see :func:`read_config`) or a weights file does not
@@ -278,7 +405,7 @@ def load_export(model_dir: str | Path, device) -> tuple[dict, list]:
 
     from maskopt.search.models import build_model
 
-    config = read_config(model_dir)
+    config = read_config(model_dir, allow_members=False)
     models = []
     for name in config["models"]:
         path = Path(model_dir) / name
@@ -297,6 +424,28 @@ _CONFIG_MAX_BYTES = 1 << 20
 _MAX_CLASSES = 10_000
 _MAX_MODELS = 64
 _IMAGE_SIZES = (8, 1024)
+_MAX_OFFSET = 100
+
+
+def _check_members(config: dict, model_dir: Path, path: Path, bad) -> None:
+    """An ensemble's ``members``: folders inside the export, positive weights, matching classes."""
+    members = config["members"]
+    if (not isinstance(members, list) or not 0 < len(members) <= _MAX_MODELS
+            or not all(isinstance(m, dict) for m in members)):
+        raise bad("members", f"a list of 1..{_MAX_MODELS} objects with 'folder' and 'weight'")
+    root = model_dir.resolve()
+    for m in members:
+        folder, weight = m.get("folder"), m.get("weight")
+        where = f"{path}: key 'members': folder {_show(folder)}"
+        if not isinstance(folder, str) or not folder or Path(folder).name != folder or folder in (".", ".."):
+            raise ExportError(f"{where} must be the name of a folder inside the export")
+        if not (model_dir / folder).resolve().is_relative_to(root):
+            raise ExportError(f"{where} leads outside the export folder")
+        if not _finite_number(weight) or weight <= 0:
+            raise ExportError(f"{where}: 'weight' must be a number above 0, got {_show(weight)}")
+        member = read_config(model_dir / folder, allow_members=False)
+        if member["class_names"] != config["class_names"]:
+            raise ExportError(f"{where} has other classes than the ensemble's class_names")
 
 
 def _show(value, limit: int = 80) -> str:
@@ -324,13 +473,14 @@ def _finite_number(value) -> bool:
         return False
 
 
-def read_config(model_dir: str | Path) -> dict:
+def read_config(model_dir: str | Path, *, allow_members: bool = True) -> dict:
     """The checked ``config.json`` of an export folder.
 
     Every key that prediction reads is checked here, before any model is built, because the
     folder may come from anywhere: types and ranges, a backbone timm knows, and weights files
     that are ``.safetensors`` files inside the folder (no absolute paths, no ``..``, no links
-    out of it).
+    out of it). An ensemble's config lists member folders, each an export of one trial, checked
+    the same way.
 
     Raises:
         ExportError: Naming ``config.json``, the key and the (shortened) value.
@@ -362,6 +512,23 @@ def read_config(model_dir: str | Path) -> dict:
 
     if config.get("format") != EXPORT_FORMAT:
         raise bad("format", repr(EXPORT_FORMAT))
+    num_classes = integer("num_classes", 2, _MAX_CLASSES)
+    names = config.get("class_names")
+    if (not isinstance(names, list) or len(names) != num_classes
+            or not all(isinstance(n, str) and 0 < len(n) <= 1000 for n in names) or len(set(names)) != len(names)):
+        raise bad("class_names", f"a list of {num_classes} distinct non-empty names, one per class")
+    if not isinstance(config.get("tta"), bool):
+        raise bad("tta", "true or false")
+    if "class_offsets" in config:
+        offsets = config["class_offsets"]
+        if (not isinstance(offsets, list) or len(offsets) != num_classes
+                or not all(_finite_number(v) and abs(v) <= _MAX_OFFSET for v in offsets)):
+            raise bad("class_offsets", f"a list of {num_classes} numbers in -{_MAX_OFFSET}..{_MAX_OFFSET}, one per class")
+    if "members" in config:
+        if allow_members:
+            _check_members(config, model_dir, path, bad)
+            return config
+        raise bad("members", "absent in an ensemble member's config (members do not nest)")
     backbone = config.get("backbone")
     if not isinstance(backbone, str) or not 0 < len(backbone) <= 200:
         raise bad("backbone", "a timm model name")
@@ -374,13 +541,8 @@ def read_config(model_dir: str | Path) -> dict:
         raise ExportError(f"{path}: key 'backbone': {e}") from None
     if config.get("head") not in HEADS:
         raise bad("head", " or ".join(repr(h) for h in HEADS))
-    num_classes = integer("num_classes", 2, _MAX_CLASSES)
     if config["head"] == "multi" and num_classes != L.NUM_CLASSES:
         raise bad("num_classes", f"{L.NUM_CLASSES} with head 'multi'")
-    names = config.get("class_names")
-    if (not isinstance(names, list) or len(names) != num_classes
-            or not all(isinstance(n, str) and 0 < len(n) <= 1000 for n in names) or len(set(names)) != len(names)):
-        raise bad("class_names", f"a list of {num_classes} distinct non-empty names, one per class")
     integer("image_size", *_IMAGE_SIZES)
     for key in ("mean", "std"):
         values = config.get(key)
@@ -388,8 +550,6 @@ def read_config(model_dir: str | Path) -> dict:
                 or not all(_finite_number(v) for v in values)
                 or (key == "std" and not all(v > 0 for v in values))):
             raise bad(key, "a list of 3 finite numbers" + (", all above 0" if key == "std" else ""))
-    if not isinstance(config.get("tta"), bool):
-        raise bad("tta", "true or false")
     models = config.get("models")
     if (not isinstance(models, list) or not 0 < len(models) <= _MAX_MODELS
             or not all(isinstance(m, str) for m in models)):
@@ -411,7 +571,25 @@ def read_config(model_dir: str | Path) -> dict:
 
 def predict_images(model_dir: str | Path, paths, *, device, tta: bool | None = None,
                    cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
-    """Class index per image, averaging the export's models (and the flipped image with TTA)."""
+    """Class index per image: the export's averaged probabilities, plus its class offsets if any."""
+    config = read_config(model_dir)
+    tta = config["tta"] if tta is None else tta
+    probs = predict_probs(model_dir, paths, device=device, tta=tta, cache_dir=cache_dir, progress=progress)
+    scores = np.log(np.clip(probs, 1e-7, None))
+    if "class_offsets" in config:
+        scores = scores + np.asarray(config["class_offsets"])
+    return scores.argmax(1)
+
+
+def predict_probs(model_dir: str | Path, paths, *, device, tta: bool, cache_dir: str | Path | None = None,
+                  progress: bool = False) -> np.ndarray:
+    """Class probabilities per image: the mean over an export's models, weighted over an ensemble's members."""
+    config = read_config(model_dir)
+    if "members" in config:
+        total = sum(m["weight"] for m in config["members"])
+        return sum(m["weight"] / total * predict_probs(Path(model_dir) / m["folder"], paths, device=device, tta=tta,
+                                                       cache_dir=cache_dir, progress=progress)
+                   for m in config["members"])
     import torch
 
     from maskopt.search.cache import load_images
@@ -419,7 +597,6 @@ def predict_images(model_dir: str | Path, paths, *, device, tta: bool | None = N
     from maskopt.search.training import predict_rows
 
     config, models = load_export(model_dir, device)
-    tta = config["tta"] if tta is None else tta
     cache = load_images(paths, image_size=config["image_size"], cache_dir=cache_dir, progress=progress)
     if cache.bad:
         listed = [f"{paths[i]}: {reason}" for i, reason in sorted(cache.bad.items())]
@@ -429,7 +606,7 @@ def predict_images(model_dir: str | Path, paths, *, device, tta: bool | None = N
     std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1)
     rows = np.arange(len(paths))
     probs = sum(predict_rows(m, images, rows, device, mean, std, batch_size=64, flip=tta) for m in models)
-    return probs.argmax(1).numpy()
+    return (probs / len(models)).numpy()
 
 
 def predict(*, model_dir: str | Path, data: str | Path, out: str | Path | None = None, device: str = "auto",

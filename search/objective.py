@@ -26,6 +26,7 @@ from maskopt.search.checkpoints import CheckpointStore
 from maskopt.search.data import PreparedData
 from maskopt.search.models import count_parameters
 from maskopt.search.notes import record_trial_note
+from maskopt.search.oof import OutOfFold, save_oof
 from maskopt.search.pruning import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
 from maskopt.search.training import NonFiniteLoss, TrainingData, fast_path, is_out_of_memory, train_fold
@@ -87,16 +88,17 @@ class Objective:
         fingerprint = {"params": params.as_dict(), "folds": settings.folds, "epochs": settings.epochs,
                        "seed": settings.seed, "images": len(dataset)}
 
-        done: list[dict] = []  # per finished fold: f1, accuracy, best_epoch, speed, history, predictions
+        done: list[dict] = []  # per finished fold: f1, accuracy, best_epoch, speed, history, probs
         epochs_trained = 0
-        out_of_fold = np.full(len(dataset), -1, dtype=np.int64)
+        out_of_fold = np.full((len(dataset), dataset.num_classes), np.nan, dtype=np.float32)
+        fold_of = np.full(len(dataset), -1, dtype=np.int64)
         bar = self.epoch_bar(settings.folds * settings.epochs, trial.number) if self.epoch_bar else None
         resume = self._resume(trial, origin, fingerprint)
         first_fold, partial = 0, None
         if resume is not None:
             done, first_fold, partial = list(resume["done"]), resume["fold"], resume["train"]
-            for fold_done, (_, val_idx) in zip(done, folds):
-                out_of_fold[val_idx] = fold_done["predictions"].numpy()
+            for k, (fold_done, (_, val_idx)) in enumerate(zip(done, folds)):
+                out_of_fold[val_idx], fold_of[val_idx] = fold_done["probs"].numpy(), k
             epochs_trained = sum(len(d["history"]) for d in done) + (partial["result"]["epochs_trained"] if partial else 0)
             if bar is not None:
                 bar.update(sum(len(d["history"]) for d in done))
@@ -162,17 +164,18 @@ class Objective:
                 done.append({"f1": round(result.best_f1, 6), "accuracy": round(result.best_accuracy, 6),
                              "best_epoch": result.best_epoch, "speed": result.images_per_second,
                              "history": list(result.f1_history),
-                             "predictions": torch.from_numpy(result.best_predictions)})
-                out_of_fold[val_idx] = result.best_predictions
+                             "probs": torch.from_numpy(result.best_probs)})
+                out_of_fold[val_idx], fold_of[val_idx] = result.best_probs, fold
                 if per_fold:
                     trial.report(result.best_f1, fold)
                     if fold + 1 < len(folds) and trial.should_prune():
                         record(pruned_after_folds=fold + 1)
                         return float(np.mean([d["f1"] for d in done]))
             fold_f1 = [d["f1"] for d in done]
-            scored = out_of_fold >= 0
-            confusion = _confusion(dataset.labels[scored], out_of_fold[scored], dataset.num_classes)
+            scored = fold_of >= 0
+            confusion = _confusion(dataset.labels[scored], out_of_fold[scored].argmax(1), dataset.num_classes)
             record(confusion=confusion)
+            self._save_oof(trial, OutOfFold(out_of_fold, dataset.labels, fold_of, dataset.fingerprint()))
             self._note(trial, params, fold_f1, [d["accuracy"] for d in done], time.perf_counter() - started,
                        [d["speed"] for d in done], confusion)
             return float(np.mean(fold_f1))
@@ -227,6 +230,15 @@ class Objective:
         last = (self.space.study.folds - 1 if per_fold else self.space.study.folds * epochs - 1)
         if step is not None and step < last and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} after resuming from trial {original_trial_number(trial)}")
+
+    def _save_oof(self, trial, oof: OutOfFold) -> None:
+        """Keep the OOF probabilities for ensembles, calibration and label issues (see oof.py)."""
+        if self.artifact_dir is None:
+            return
+        try:
+            save_oof(trial, oof, self.artifact_dir)
+        except Exception as e:  # a full disk: the trial's score still counts
+            trial.set_user_attr("oof_error", f"{type(e).__name__}: {e}"[:500])
 
     def _note(self, trial, params: TrialParams, fold_f1, fold_accuracy, seconds, speeds, confusion) -> None:
         """The dashboard note and confusion-matrix artifact; a failure here must not fail the trial."""

@@ -382,7 +382,7 @@ def run_search(
                 # Preemption sends SIGTERM: queue the trial again, so the next run resumes it
                 # from its checkpoint instead of sampling a new one.
                 _retry_callback(study)(study, interrupted)
-                if store is not None and store.path(_origin(interrupted)).exists():
+                if store is not None and store.path(trial_origin(interrupted)).exists():
                     resumes = f"; trial {interrupted.number} resumes from its last epoch"
         except Exception:  # the storage may be what failed; the interruption is what to report
             pass
@@ -411,7 +411,7 @@ def _my_lost_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return None
 
 
-def _origin(trial: optuna.trial.FrozenTrial) -> int:
+def trial_origin(trial: optuna.trial.FrozenTrial) -> int:
     """The number of the trial that ``trial`` retries, or its own."""
     return trial.system_attrs.get("failed_trial", trial.number)
 
@@ -431,7 +431,7 @@ def _retry_callback(study: optuna.Study):
 
 def _live_origins(study: optuna.Study) -> set[int]:
     """Origins of the trials that may still resume: running ones and queued retries."""
-    return {_origin(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
+    return {trial_origin(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
 
 
 def _wait_for_running_trials(study: optuna.Study, n_trials: int, deadline: float | None, log) -> bool:

@@ -37,10 +37,14 @@ class FoldResult:
     best_f1: float = 0.0
     best_accuracy: float = 0.0
     best_epoch: int = 0
-    best_predictions: np.ndarray | None = None
+    best_probs: np.ndarray | None = None  # float32 [validation rows, classes] at the best epoch
     f1_history: list[float] = field(default_factory=list)
     images_per_second: float = 0.0
     epochs_trained: int = 0
+
+    @property
+    def best_predictions(self) -> np.ndarray | None:
+        return None if self.best_probs is None else self.best_probs.argmax(1)
 
 
 @dataclass(frozen=True)
@@ -234,14 +238,15 @@ def train_fold(
             progress.update(1)
         if len(data.val_rows) == 0:  # retraining on all data: nothing to score
             continue
-        predictions = predict_rows(step_model, data.images, data.val_rows, device, mean, std,
-                                   batch_size=max(micro_batch * 2, 32), amp_dtype=amp_dtype,
-                                   channels_last=on_cuda and settings.channels_last).argmax(1).numpy()
+        probs = predict_rows(step_model, data.images, data.val_rows, device, mean, std,
+                             batch_size=max(micro_batch * 2, 32), amp_dtype=amp_dtype,
+                             channels_last=on_cuda and settings.channels_last).numpy()
+        predictions = probs.argmax(1)
         f1, accuracy = macro_f1(data.val_labels, predictions), float(np.mean(predictions == data.val_labels))
         result.f1_history.append(f1)
         if f1 > result.best_f1 or result.best_epoch == 0:
             result.best_f1, result.best_accuracy, result.best_epoch = f1, accuracy, epoch + 1
-            result.best_predictions = predictions
+            result.best_probs = probs
         if progress is not None:
             progress.set_postfix(f1=f"{f1:.3f}")
         if on_checkpoint is not None:
@@ -262,14 +267,14 @@ def train_fold(
 def _fold_result_state(result: FoldResult) -> dict:
     """``result`` as plain values and tensors, which ``torch.load(weights_only=True)`` reads back."""
     state = dataclasses.asdict(result)
-    if result.best_predictions is not None:
-        state["best_predictions"] = torch.from_numpy(result.best_predictions)
+    if result.best_probs is not None:
+        state["best_probs"] = torch.from_numpy(result.best_probs)
     return state
 
 
 def _fold_result_from(state: dict) -> FoldResult:
-    predictions = state["best_predictions"]
-    return FoldResult(**{**state, "best_predictions": None if predictions is None else predictions.numpy(),
+    probs = state["best_probs"]
+    return FoldResult(**{**state, "best_probs": None if probs is None else probs.numpy(),
                          "f1_history": list(state["f1_history"])})
 
 

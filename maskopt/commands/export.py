@@ -6,7 +6,7 @@ import json
 
 import click
 
-from maskopt.commands.options import cache_option, device_option, storage_option, threads_option
+from maskopt.commands.options import artifacts_option, cache_option, device_option, storage_option, threads_option
 
 
 @click.command("export-best")
@@ -16,22 +16,31 @@ from maskopt.commands.options import cache_option, device_option, storage_option
 @click.option("--out", type=click.Path(file_okay=False), help="Export folder  [default: exports/<study>]")
 @click.option("--tta", is_flag=True, help="Average predictions with the horizontally flipped image.")
 @click.option("--ensemble-folds", is_flag=True, help="Export the k fold models and average them, instead of retraining.")
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Greedy ensemble selection (with replacement, up to K picks) among the best trials on their "
+                   "out-of-fold predictions; every member is retrained and exported.")
+@click.option("--calibrate", is_flag=True,
+              help="Fit per-class offsets that raise out-of-fold macro F1; predict applies them.")
+@artifacts_option("Folder where the search stored out-of-fold predictions (for --ensemble, --calibrate).")
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
 @device_option
 @threads_option
 @cache_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def export_best(storage, study_name, data, out, tta, ensemble_folds, force, device, threads, cache_dir, quiet):
+def export_best(storage, study_name, data, out, tta, ensemble_folds, ensemble, calibrate, artifact_dir, force, device,
+                threads, cache_dir, quiet):
     """Retrain the best trial on all data and export weights, config and submission.
 
     \b
     Example:
       maskopt export-best --study demo --tta
+      maskopt export-best --study demo --ensemble 5 --calibrate --out exports/demo-ensemble
     """
     from maskopt.search.export import export_best as run_export
 
     result = run_export(storage_url=storage, study_name=study_name, data=data, out=out, tta=tta,
-                        ensemble_folds=ensemble_folds, force=force, device=device, threads=threads, cache_dir=cache_dir,
+                        ensemble_folds=ensemble_folds, ensemble=ensemble, calibrate=calibrate,
+                        artifact_dir=artifact_dir, force=force, device=device, threads=threads, cache_dir=cache_dir,
                         progress=not quiet)
     click.echo(echo_export(result))
 
@@ -40,6 +49,17 @@ def echo_export(result) -> str:
     lines = [f"exported trial {result.trial_number} of study {result.study_name!r} "
              f"(cross-validated macro F1 {result.cv_score:.4f}) to {result.out}/",
              f"  models: {', '.join(result.models)}"]
+    if result.ensemble is not None:
+        e = result.ensemble
+        members = ", ".join(f"{t} ({w:.2f})" for t, w in zip(e.trials, e.weights))
+        lines.append(f"  ensemble of trials (weights): {members}")
+        lines.append(f"  out-of-fold macro F1: {e.oof_macro_f1:.4f} ensemble vs {e.best_single_oof_macro_f1:.4f} "
+                     f"best trial alone ({e.oof_macro_f1 - e.best_single_oof_macro_f1:+.4f}, measured on the rows it "
+                     "was selected on)")
+    if result.calibration is not None:
+        c = result.calibration
+        lines.append(f"  class offsets: out-of-fold macro F1 {c.oof_macro_f1:.4f} -> {c.nested_oof_macro_f1:.4f} "
+                     f"({c.nested_oof_macro_f1 - c.oof_macro_f1:+.4f}, offsets fitted on the other folds)")
     if result.submission is not None:
         lines.append(f"  submission: {result.submission}")
     return "\n".join(lines)

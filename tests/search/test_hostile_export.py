@@ -151,7 +151,7 @@ CONFIG_CASES = {
     "head": (changed(head="triple"), "key 'head' must be 'single' or 'multi'; got 'triple'"),
     "classes-huge": (changed(num_classes=10**9), "key 'num_classes' must be an integer 2..10000; got 1000000000"),
     "classes-bool": (changed(num_classes=True), "key 'num_classes' must be an integer"),
-    "classes-multi": (changed(num_classes=5), "key 'num_classes' must be 18 with head 'multi'; got 5"),
+    "classes-multi": (changed(num_classes=5, class_names=list("abcde")), "key 'num_classes' must be 18 with head 'multi'; got 5"),
     "names-short": (changed(class_names=["a", "b"]), "key 'class_names' must be a list of 18 distinct"),
     "names-type": (changed(class_names="abc"), "key 'class_names' must be a list"),
     "names-dup": (changed(class_names=["a"] * 18), "key 'class_names' must be a list of 18 distinct"),
