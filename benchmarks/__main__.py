@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick] [--threads N]``: run benchmarks, print, save JSON.
 
-Names: loop, data, pruning, search, storage, memory (the default set, in that order) and gpu
-(only when named; see benchmarks/gpu.sh). Results go to benchmarks/results/<name>.json.
+Names: loop, data, pruning, search, storage, memory (the default set, in that order), gpu
+(only when named; see benchmarks/gpu.sh) and labels (only when named). Results go to benchmarks/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ MODULES = {
     "storage": "storage",
     "memory": "memory",
     "gpu": "gpu",
+    "labels": "label_noise",
 }
 DEFAULT = ("loop", "data", "pruning", "search", "storage", "memory")
 ALIASES = {module: name for name, module in MODULES.items()}

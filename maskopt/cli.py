@@ -23,6 +23,7 @@ COMMANDS = {
     "studies": ("storage", "studies", "List the studies in a storage."),
     "dashboard": ("storage", "dashboard", "Open optuna-dashboard on a storage."),
     "report": ("report", "report", "Write a self-contained HTML report of a study."),
+    "label-issues": ("labels", "label_issues", "List training images whose labels the study's predictions doubt."),
     "weights": ("weights", "weights", "Import pretrained weights from another library's checkpoint."),
 }
 

@@ -10,6 +10,8 @@ plotly.js is inlined once in the page head and every figure draws with it. Secti
 - the top 10 trials with their parameters and per-fold scores;
 - the best trial's out-of-fold confusion matrix (18x18, plus mask / gender / age matrices and
   F1 for the competition's classes);
+- the suspect labels: thumbnails of the training images whose given label the stored
+  out-of-fold predictions doubt most (``maskopt label-issues``), embedded as base64 JPEGs;
 - the exported model, if any, and its score on a solution file when one is given.
 """
 
@@ -32,6 +34,9 @@ from maskopt.errors import ExportError, MaskoptError
 from maskopt.search import labels as L
 
 TOP_N = 10
+SUSPECTS_SHOWN = 24
+"""Suspect images shown as thumbnails in the "Suspect labels" section."""
+THUMBNAIL_PX = 96
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
                "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
 _STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
@@ -40,7 +45,7 @@ TASKS = (("mask", L.MASK_NAMES, lambda c: c // 6), ("gender", L.GENDER_NAMES, la
 
 
 def write_report(*, storage_url: str | None, study_name: str | None = None, out: str | Path = "report.html",
-                 solution: str | Path | None = None) -> Path:
+                 solution: str | Path | None = None, artifact_dir: str | Path | None = None) -> Path:
     """Write the HTML report of a study.
 
     Args:
@@ -78,7 +83,8 @@ def write_report(*, storage_url: str | None, study_name: str | None = None, out:
                            f"covers single-objective studies (such as those `maskopt search` makes)")
     facts = _Facts.of(study)
     export = _export_section(study, solution)  # scores first: a bad solution file fails before writing
-    page = _page(study, facts, redact(url), export)
+    suspects = _suspects_section(study, artifact_dir)
+    page = _page(study, facts, redact(url), export, suspects)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -151,7 +157,7 @@ class _Facts:
 # --- the page -----------------------------------------------------------------------------------
 
 
-def _page(study: optuna.Study, facts: _Facts, url: str, export: str) -> str:
+def _page(study: optuna.Study, facts: _Facts, url: str, export: str, suspects: str = "") -> str:
     from plotly.offline import get_plotlyjs
 
     sections = [
@@ -162,6 +168,7 @@ def _page(study: optuna.Study, facts: _Facts, url: str, export: str) -> str:
         ("intermediate", "Intermediate values", _plot_section(_intermediate_figure, study, facts)),
         ("top", f"Top {TOP_N} trials", _top_table(facts)),
         ("best", "Best trial: out-of-fold errors", _best_section(study, facts)),
+        ("suspects", "Suspect labels", suspects or _skipped("Not computed.")),
         ("export", "Exported model", export),
     ]
     nav = "".join(f'<a href="#{key}">{html.escape(title.split(":")[0])}</a>' for key, title, _ in sections)
@@ -514,6 +521,63 @@ def _matrix_table(matrix: np.ndarray, names: list[str], *, f1: np.ndarray, compa
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+# --- suspect labels -----------------------------------------------------------------------------
+
+
+def _suspects_section(study: optuna.Study, artifact_dir) -> str:
+    from maskopt.search.label_issues import study_label_issues
+    from maskopt.storage import DEFAULT_ARTIFACT_DIR
+
+    folder = artifact_dir if artifact_dir is not None else DEFAULT_ARTIFACT_DIR
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = study_label_issues(study, artifact_dir=folder, limit=SUSPECTS_SHOWN)
+    except MaskoptError as e:
+        return _skipped(f"No suspect labels to show: {e}")
+    if not found.issues:
+        return _skipped(f"Confident learning flags none of the {found.images:,} training images, on the out-of-fold "
+                        f"predictions of trial {', '.join(map(str, found.trials))}.")
+    cards = []
+    for issue in found.issues:
+        thumb = _thumbnail(issue.path)
+        image = (f'<img src="data:image/jpeg;base64,{thumb}" alt="{_e(issue.image_id)}" width="{THUMBNAIL_PX}" '
+                 f'height="{THUMBNAIL_PX}">' if thumb else '<div class="nothumb">image not found</div>')
+        cards.append(
+            f'<figure class="suspect" title="{_e(issue.image_id)}">{image}<figcaption>'
+            f'<span class="rank">#{issue.rank}</span> person {_e(issue.person)}<br>'
+            f'<span class="given">{_e(issue.given_name)}</span> → <b>{_e(issue.predicted_name)}</b><br>'
+            f'<span class="muted">p(given) {issue.self_confidence:.3f}</span></figcaption></figure>')
+    drafted = len(found.corrections)
+    summary = (f"{found.total_issues:,} of {found.images:,} training images look mislabelled to confident learning "
+               f"(cleanlab) on the out-of-fold predictions of trial {', '.join(map(str, found.trials))}; the "
+               f"{len(found.issues)} most suspect are shown, given label → predicted.")
+    if found.layout == "competition":
+        summary += (f" {drafted} person-level correction{'s' if drafted != 1 else ''} can be drafted with "
+                    f"maskopt label-issues --write-corrections FILE (review them before use).")
+    return f'<p class="hint">{_e(summary)}</p><div class="suspects">{"".join(cards)}</div>'
+
+
+def _thumbnail(path: Path) -> str | None:
+    """A small JPEG of an image as base64, or None when it cannot be read."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            if image.size != (THUMBNAIL_PX, THUMBNAIL_PX):  # small images: scaled up to the card
+                image = image.resize((THUMBNAIL_PX, THUMBNAIL_PX))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError):
+        return None
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 # --- export -------------------------------------------------------------------------------------
 
 
@@ -643,5 +707,13 @@ table.matrix th.corner { font-weight: 500; color: var(--muted); font-size: 11px;
                          white-space: nowrap; }
 table.matrix td.f1 { font-weight: 600; color: var(--accent); border-left: 2px solid var(--line); }
 table.matrix td.n, table.matrix th.n { color: var(--muted); }
+.suspects { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; }
+figure.suspect { margin: 0; border: 1px solid var(--line); border-radius: 8px; padding: 8px; text-align: center;
+                 font-size: 11.5px; }
+figure.suspect img { image-rendering: auto; border-radius: 4px; display: block; margin: 0 auto 6px; }
+figure.suspect .rank { color: var(--accent); font-weight: 700; }
+figure.suspect .given { color: var(--bad); text-decoration: line-through; }
+.nothumb { width: 96px; height: 96px; margin: 0 auto 6px; background: #f3f4f6; color: var(--muted);
+           display: flex; align-items: center; justify-content: center; font-size: 11px; }
 footer { color: var(--muted); font-size: 12px; padding: 8px 24px 32px; text-align: center; }
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from maskopt.commands.options import storage_option
+from maskopt.commands.options import artifacts_option, storage_option
 
 
 @click.command()
@@ -14,12 +14,14 @@ from maskopt.commands.options import storage_option
               help="The HTML file to write.")
 @click.option("--solution", type=click.Path(dir_okay=False),
               help="A solution file (ImageID,ans): score the exported submission.csv against it.")
-def report(storage, study_name, out, solution):
+@artifacts_option("Folder where the search stored out-of-fold predictions (for the suspect labels).")
+def report(storage, study_name, out, solution, artifact_dir):
     """Write a self-contained HTML report of a study.
 
     One file, no network needed to open it: trials by state, best macro F1 and its per-fold
     spread, time and compute saved by pruning, Optuna's plots, the top 10 trials, the best
-    trial's confusion matrices, and the exported model.
+    trial's confusion matrices, thumbnails of the training images whose labels look wrong
+    (from the stored out-of-fold predictions), and the exported model.
 
     \b
     Example:
@@ -27,5 +29,6 @@ def report(storage, study_name, out, solution):
     """
     from maskopt.search.report import write_report
 
-    path = write_report(storage_url=storage, study_name=study_name, out=out, solution=solution)
+    path = write_report(storage_url=storage, study_name=study_name, out=out, solution=solution,
+                        artifact_dir=artifact_dir)
     click.echo(f"wrote {path}")
