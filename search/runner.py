@@ -54,6 +54,7 @@ class SearchResult:
     top: tuple[TopTrial, ...]  # best complete trials, best first
     notes: tuple[str, ...]
     failures: tuple[str, ...] = ()  # each distinct reason a trial failed for, with its count
+    export: object = None  # the ExportResult when maskopt.search exported the best trial
 
     @property
     def best(self) -> TopTrial | None:

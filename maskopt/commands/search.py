@@ -54,25 +54,17 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
     Example:
       maskopt search --space spaces/demo.yaml --data demo-data --trials 12
     """
-    from maskopt.search.runner import SearchInterrupted, run_search
-    from maskopt.search.space import load_space
-    from maskopt.search.workers import run_workers
+    from maskopt.api import search as run
+    from maskopt.search.runner import SearchInterrupted
 
-    if checkpoint_dir and no_checkpoints:
-        raise click.UsageError("give --checkpoints DIR or --no-checkpoints, not both")
-    space = load_space(space_path)
     log = _quiet_log if quiet else click.echo
-    common = dict(n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed, timeout=timeout,
-                  exclude_broken=exclude_broken,
-                  device=device, cache_dir=cache_dir, threads=threads, artifact_dir=artifact_dir,
-                  heartbeat_interval=heartbeat_interval, worker_index=worker_index,
-                  checkpoints=False if no_checkpoints else checkpoint_dir or True,
-                  log=log)
     try:
-        if workers > 1:
-            result = run_workers(space, n_workers=workers, **common)
-        else:
-            result = run_search(space, show_progress=not quiet, **common)
+        result = run(space_path, n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed,
+                     timeout=timeout, exclude_broken=exclude_broken, device=device, cache_dir=cache_dir,
+                     threads=threads, artifact_dir=artifact_dir, heartbeat_interval=heartbeat_interval,
+                     workers=workers, worker_index=worker_index,
+                     checkpoints=False if no_checkpoints else checkpoint_dir or True,
+                     export=not no_export, progress=not quiet, log=log)
     except SearchInterrupted as e:
         click.echo(f"\n{e}", err=True)
         sys.exit(130)
@@ -81,15 +73,10 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
         # Every trial failed (unreadable weights, a bug): a zero exit would hide it, above all under --quiet.
         reasons = "\n".join(f"  {line}" for line in result.failures)
         raise click.ClickException(f"no trial of study {result.study_name!r} completed; they failed with:\n{reasons}")
-    if no_export or not result.reached_total or result.best is None:
-        return
-    from maskopt.commands.export import echo_export
-    from maskopt.search.export import export_best
+    if result.export is not None:
+        from maskopt.commands.export import echo_export
 
-    click.echo(f"\nretraining trial {result.best.number} on all data and exporting it")
-    exported = export_best(storage_url=storage, study_name=result.study_name, data=data, force=True, device=device, threads=threads,
-                           cache_dir=cache_dir, progress=not quiet)
-    click.echo(echo_export(exported))
+        click.echo(echo_export(result.export))
 
 
 def _quiet_log(line: str) -> None:

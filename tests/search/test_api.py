@@ -1,0 +1,50 @@
+"""The Python face: ``import maskopt`` gives the CLI's capabilities as functions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import maskopt
+
+
+def test_import_is_light_and_names_what_it_offers():
+    # `maskopt --help` imports the package: it must not pull in torch, timm or optuna.
+    code = "import sys, maskopt; print(sorted(m for m in ('torch', 'timm', 'optuna') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert {"search", "export_best", "load_space", "make_demo_data", "__version__"} <= set(maskopt.__all__)
+    assert maskopt.__version__[0].isdigit()
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        maskopt.nothing
+
+
+def test_search_then_export_from_python(tmp_path, monkeypatch, space_dict):
+    monkeypatch.chdir(tmp_path)
+    summary = maskopt.make_demo_data("data", persons=10, eval_persons=2, size=32)
+    assert summary.persons == 10
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space_dict(study={"name": "api", "epochs": 1}), sort_keys=False))
+    space = maskopt.load_space(path)
+    lines = []
+    result = maskopt.search(space, n_trials=2, data="data", progress=False, log=lines.append)
+    assert result.counted_trials == 2 and result.reached_total
+    assert result.export is not None and (result.export.out / "submission.csv").is_file()
+    assert result.export.out.resolve() == tmp_path / "exports" / "api"
+    assert any(line.startswith("trial ") for line in lines)  # one line per trial through log
+    assert f"retraining trial {result.best.number} on all data and exporting it" in lines
+
+    # Rerunning continues the same study: nothing new to run, and no export without asking.
+    again = maskopt.search(path, n_trials=2, data="data", progress=False, export=False, log=lines.append)
+    assert again.counted_trials == 2 and again.export is None
+
+    exported = maskopt.export_best(storage_url=None, study_name="api", out="exports/again", progress=False)
+    assert exported.trial_number == result.best.number
+
+
+def test_library_errors_are_maskopt_errors(tmp_path):
+    with pytest.raises(maskopt.SpaceError, match="cannot read search space"):
+        maskopt.load_space(tmp_path / "missing.yaml")
