@@ -343,7 +343,7 @@ def write_json(report: Report, *, cfg: Config, command: str, load_before: float,
 
 def demo_data(cfg: Config, *, persons: int, size: int = 64, eval_persons: int = 2) -> Path:
     """A demo dataset in the competition layout, made once per run and size in the work folder."""
-    from maskopt.search.demo_data import make_demo_data
+    from maskopt.search.data.demo import make_demo_data
 
     out = cfg.workdir / f"demo-{persons}p-{size}px"
     if not (out / "train" / "train.csv").exists():
@@ -356,9 +356,9 @@ def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_sm
     """Pay the one-time costs (image cache, timm imports, first model build) before any side runs."""
     import torch
 
-    from maskopt.search.data import prepare_data
-    from maskopt.search.dataset import load_dataset
-    from maskopt.search.models import build_model
+    from maskopt.search.data.prepared import prepare_data
+    from maskopt.search.data.dataset import load_dataset
+    from maskopt.search.train.models import build_model
 
     prepare_data(load_dataset(data), image_sizes=[image_size], cache_dir=cfg.workdir / "cache")
     for backbone in backbones:

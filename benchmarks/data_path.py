@@ -69,8 +69,8 @@ def cache_side(paths, *, threads: int, seed: int, workdir) -> dict:
 
     import torch
 
-    from maskopt.search.cache import load_images
-    from maskopt.search.training import BatchBuffers, prepare_batch
+    from maskopt.search.data.cache import load_images
+    from maskopt.search.train.loop import BatchBuffers, prepare_batch
 
     cache_dir = tempfile.mkdtemp(dir=workdir, prefix="cache-")
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)

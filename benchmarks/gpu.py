@@ -33,8 +33,8 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     import torch
 
     from maskopt.search.space import StudySettings, TrialParams
-    from maskopt.search.models import count_parameters
-    from maskopt.search.training import TrainingData, autocast_dtype, fast_path, normalisation, predict_rows, train_fold
+    from maskopt.search.train.models import count_parameters
+    from maskopt.search.train.loop import TrainingData, autocast_dtype, fast_path, normalisation, predict_rows, train_fold
 
     on_cuda = device.type == "cuda"
     settings = StudySettings(epochs=1, warmup_epochs=0.0, amp=amp, channels_last=channels_last, compile=False)

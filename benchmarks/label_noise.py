@@ -57,7 +57,7 @@ def _export_score(cfg: B.Config, url: str, study_name: str, data, corrections, t
     import optuna
 
     from maskopt.search.export import export_best, score_submission
-    from maskopt.search.runner import SPACE_ATTR
+    from maskopt.search.study.runner import SPACE_ATTR
 
     name = f"{study_name}-{tag}"
     optuna.copy_study(from_study_name=study_name, from_storage=url, to_storage=url, to_study_name=name)
@@ -72,9 +72,9 @@ def _export_score(cfg: B.Config, url: str, study_name: str, data, corrections, t
 
 
 def run(cfg: B.Config) -> B.Report:
-    from maskopt.search.demo_data import make_demo_data
-    from maskopt.search.label_issues import find_study_label_issues, write_corrections
-    from maskopt.search.runner import run_search
+    from maskopt.search.data.demo import make_demo_data
+    from maskopt.search.report.label_issues import find_study_label_issues, write_corrections
+    from maskopt.search.study.runner import run_search
     from maskopt.search.space import Constant
 
     quick = cfg.quick

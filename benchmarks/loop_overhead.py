@@ -39,7 +39,7 @@ def maskopt_fold(params, data, *, epochs: int, seed: int) -> float:
     import torch
 
     from maskopt.search.space import StudySettings
-    from maskopt.search.training import train_fold
+    from maskopt.search.train.loop import train_fold
 
     settings = StudySettings(epochs=epochs, warmup_epochs=0.5)
     with B.Timer() as t:
@@ -54,7 +54,7 @@ def plain_fold(params, data, *, epochs: int, seed: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from maskopt.search.training import macro_f1
+    from maskopt.search.train.loop import macro_f1
 
     with B.Timer() as t:
         torch.manual_seed(seed)
@@ -93,9 +93,9 @@ def plain_fold(params, data, *, epochs: int, seed: int) -> float:
 def run(cfg: B.Config) -> B.Report:
     import torch
 
-    from maskopt.search.cache import load_images
-    from maskopt.search.dataset import load_dataset
-    from maskopt.search.training import TrainingData
+    from maskopt.search.data.cache import load_images
+    from maskopt.search.data.dataset import load_dataset
+    from maskopt.search.train.loop import TrainingData
 
     quick = cfg.quick
     backbones = ["mobilenetv3_small_050"] if quick else ["mobilenetv3_small_050", "resnet10t"]

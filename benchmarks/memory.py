@@ -31,7 +31,7 @@ def worker_main(args_json: str) -> None:
     B.setup_threads(args["threads"])
     from pathlib import Path
 
-    from maskopt.search.runner import run_search
+    from maskopt.search.study.runner import run_search
     from maskopt.search.space import Constant, discrete_values
 
     space = B.benchmark_space(folds=args["folds"], epochs=args["epochs"], image_size=args["image_size"])

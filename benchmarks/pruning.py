@@ -27,7 +27,7 @@ TITLE = "pruning: the same study with demo.yaml's pruner on and off"
 def run_study(cfg: B.Config, space, data, *, name: str, trials: int, seed: int) -> dict:
     import optuna
 
-    from maskopt.search.runner import run_search, top_trials
+    from maskopt.search.study.runner import run_search, top_trials
 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as t:

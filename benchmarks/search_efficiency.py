@@ -83,7 +83,7 @@ def warm_up_trials(cfg: B.Config, space, data, *, device: str) -> None:
     first notes and plots import their libraries. Without this the first side measured pays them
     for all three.
     """
-    from maskopt.search.runner import run_search
+    from maskopt.search.study.runner import run_search
     from maskopt.search.space import Component, Constant, discrete_values
 
     baseline = baseline_space(space)
@@ -106,7 +106,7 @@ def difference(a: float | None, b: float | None) -> float | None:
 def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int, device: str) -> dict:
     import optuna
 
-    from maskopt.search.runner import run_search
+    from maskopt.search.study.runner import run_search
 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as t:

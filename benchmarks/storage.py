@@ -81,7 +81,7 @@ def _space():
 def _pruner(space):
     import dataclasses
 
-    from maskopt.search.pruning import build_pruner
+    from maskopt.search.study.components import build_pruner
 
     return build_pruner(dataclasses.replace(space.study, folds=FOLDS, epochs=EPOCHS))
 

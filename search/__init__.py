@@ -3,7 +3,7 @@
 Calling the package runs a search: ``maskopt.search(space, n_trials=12)`` is
 :func:`maskopt.api.search`. Users type ``maskopt.search(...)``, and the package that holds the
 search code has the same name, so the package itself is made callable; its modules stay
-reachable as ``maskopt.search.runner`` and so on.
+reachable as ``maskopt.search.study.runner`` and so on.
 """
 
 import sys

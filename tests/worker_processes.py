@@ -16,7 +16,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-REPO = Path(__file__).resolve().parents[1]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPACE = """\
 study: {{name: {name}, folds: 2, epochs: {epochs}, seed: 0, pruner: none, sampler: random}}
@@ -31,7 +30,7 @@ params:
 
 def make_tiny_data(root: Path) -> Path:
     """Ten persons of 32-pixel demo images: enough for two folds of a real model in seconds."""
-    from maskopt.search.demo_data import make_demo_data
+    from maskopt.search.data.demo import make_demo_data
 
     make_demo_data(root, persons=10, eval_persons=2, size=32, seed=0)
     return root
@@ -51,13 +50,18 @@ def worker_cmd(space: Path, data: Path, storage: str, trials: int, cache: Path, 
 
 def start_worker(space: Path, data: Path, storage: str, trials: int, cache: Path, *extra: str,
                  log: Path | None = None) -> subprocess.Popen:
-    """A worker whose output goes to a pipe, or to ``log`` (nobody reads a pipe of a hung worker)."""
+    """A worker whose output goes to a pipe, or to ``log`` (nobody reads a pipe of a hung worker).
+
+    It runs in the space's folder, so what it writes beside itself (checkpoints of a PostgreSQL
+    study) stays in the test's folder.
+    """
     env = dict(os.environ, MASKOPT_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = worker_cmd(space, data, storage, trials, cache, *extra)
+    cwd = space.parent
     if log is None:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=cwd)
 
 
 def finish(process: subprocess.Popen, timeout: float = 240) -> str:

@@ -34,7 +34,7 @@ def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: i
     """
     import shlex
 
-    from maskopt.search.demo_data import make_demo_data as make
+    from maskopt.search.data.demo import make_demo_data as make
 
     summary = make(out, persons=persons, eval_persons=eval_persons, size=size, seed=seed,
                    label_noise=label_noise, progress=True)
@@ -77,8 +77,8 @@ def eda(data: str, layout: str, corrections: str | None, out: str | None, as_jso
     """
     import json
 
-    from maskopt.search.dataset import load_dataset
-    from maskopt.search.eda import summarise_dataset, write_eda_files
+    from maskopt.search.data.dataset import load_dataset
+    from maskopt.search.data.eda import summarise_dataset, write_eda_files
 
     dataset = load_dataset(data, layout=layout, corrections=corrections, exclude_broken=True)
     summary = summarise_dataset(dataset)

@@ -27,7 +27,7 @@ def report(storage, study_name, out, solution, artifact_dir):
     Example:
       maskopt report --study demo --out demo-report.html --solution demo-data/eval/solution.csv
     """
-    from maskopt.search.report import write_report
+    from maskopt.search.report.html import write_report
 
     path = write_report(storage_url=storage, study_name=study_name, out=out, solution=solution,
                         artifact_dir=artifact_dir)

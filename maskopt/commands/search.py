@@ -55,7 +55,7 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
       maskopt search --space spaces/demo.yaml --data demo-data --trials 12
     """
     from maskopt.api import search as run
-    from maskopt.search.runner import SearchInterrupted
+    from maskopt.search.study.runner import SearchInterrupted
 
     log = _quiet_log if quiet else click.echo
     try:
@@ -87,7 +87,7 @@ def _quiet_log(line: str) -> None:
 
 def summarise(result) -> str:
     """The end-of-search summary: top trials and where the study lives, at 80 columns."""
-    from maskopt.search.runner import format_params
+    from maskopt.search.study.runner import format_params
 
     lines = [f"\nstudy {result.study_name!r}: {result.counted_trials}/{result.total} trials in {result.storage_url}"]
     if not result.top:

@@ -34,7 +34,7 @@ def import_weights(src, backbone, out, force):
     Example:
       maskopt weights import efficientnet-lite0.pth --backbone tf_efficientnet_lite0 --out weights
     """
-    from maskopt.search.weights_import import import_weights as run_import
+    from maskopt.search.train.weights import import_weights as run_import
 
     result = run_import(src, backbone, out, force=force)
     verb = "unchanged" if result.unchanged else "wrote"

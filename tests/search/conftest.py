@@ -58,7 +58,7 @@ def space_dict():
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """The demo dataset every test here reads (and none may change): 20 + 6 persons at 32 px."""
-    from maskopt.search.demo_data import make_demo_data
+    from maskopt.search.data.demo import make_demo_data
 
     out = tmp_path_factory.mktemp("demo") / "demo-data"
     make_demo_data(out, persons=20, eval_persons=6, size=32, seed=0)

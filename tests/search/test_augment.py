@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from maskopt.errors import MaskoptError
-from maskopt.search.augment import BatchAugment
+from maskopt.search.train.augment import BatchAugment
 
 SIZE = 32
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskopt.search.cache import cache_key, decode_image, load_images
+from maskopt.search.data.cache import cache_key, decode_image, load_images
 
 
 @pytest.fixture

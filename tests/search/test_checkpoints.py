@@ -12,9 +12,9 @@ import torch
 from optuna.trial import TrialState
 from worker_processes import finish, finished_and_running, kill, load, make_tiny_data, start_worker, wait_for_running_trial
 
-from maskopt.search.checkpoints import CheckpointStore, default_checkpoint_dir
+from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
 from maskopt.search.space import parse_space
-from maskopt.search.training import TrainingData, train_fold
+from maskopt.search.train.loop import TrainingData, train_fold
 
 CPU = torch.device("cpu")
 EPOCHS = 4

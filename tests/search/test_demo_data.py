@@ -15,9 +15,9 @@ from PIL import Image, UnidentifiedImageError
 
 from maskopt.cli import cli
 from maskopt.errors import DataError
-from maskopt.search.dataset import load_dataset
-from maskopt.search.demo_data import DemoDataSummary, make_demo_data
-from maskopt.search.labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, decode, encode
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.data.demo import DemoDataSummary, make_demo_data
+from maskopt.search.data.labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, decode, encode
 
 PERSONS, EVAL_PERSONS, SIZE = 12, 4, 32
 

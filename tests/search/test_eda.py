@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskopt.cli import cli
-from maskopt.search import labels as L
-from maskopt.search.dataset import load_dataset
-from maskopt.search.demo_data import DemoDataSummary, make_demo_data
-from maskopt.search.eda import summarise_dataset, write_eda_files
+from maskopt.search.data import labels as L
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.data.demo import DemoDataSummary, make_demo_data
+from maskopt.search.data.eda import summarise_dataset, write_eda_files
 from tiny_trees import write_competition
 
 ROOT = Path(__file__).resolve().parents[2]

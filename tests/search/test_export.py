@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from maskopt.cli import cli
-from maskopt.search import labels as L
-from maskopt.search.runner import SPACE_ATTR, top_trials
+from maskopt.search.data import labels as L
+from maskopt.search.study.runner import SPACE_ATTR, top_trials
 
 pytestmark = pytest.mark.usefixtures("main_study")
 
@@ -86,7 +86,7 @@ def ensemble(main_study, tmp_path_factory):
 
 
 def test_config_records_how_to_rebuild_and_where_it_came_from(main_study, best):
-    from maskopt.search.dataset import load_dataset
+    from maskopt.search.data.dataset import load_dataset
 
     config = json.loads((main_study.export / "config.json").read_text())
     assert config["backbone"] == "mobilenetv3_small_050" and config["head"] == "multi"
@@ -107,7 +107,7 @@ def test_config_records_how_to_rebuild_and_where_it_came_from(main_study, best):
 def test_weights_load_with_safetensors(main_study):
     from safetensors.torch import load_file, load_model
 
-    from maskopt.search.models import build_model
+    from maskopt.search.train.models import build_model
 
     config = json.loads((main_study.export / "config.json").read_text())
     tensors = load_file(str(main_study.export / "model.safetensors"))

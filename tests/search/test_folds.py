@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from maskopt.errors import DataError
-from maskopt.search import labels as L
-from maskopt.search.folds import person_folds
+from maskopt.search.data import labels as L
+from maskopt.search.data.folds import person_folds
 
 PERSONS, FOLDS = 150, 5
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from maskopt.cli import cli
-from maskopt.search import labels as L
+from maskopt.search.data import labels as L
 
 BACKBONE = "mobilenetv3_small_050"  # the tiny backbone of conftest.py
 
@@ -97,7 +97,7 @@ def good_export(tmp_path_factory) -> Path:
     from safetensors.torch import save_model
 
     from maskopt.search.export import EXPORT_FORMAT
-    from maskopt.search.models import build_model
+    from maskopt.search.train.models import build_model
 
     out = tmp_path_factory.mktemp("export") / "good"
     out.mkdir()

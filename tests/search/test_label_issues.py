@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from maskopt.cli import cli
-from maskopt.search import labels as L
-from maskopt.search.dataset import load_dataset
-from maskopt.search.label_issues import LabelIssueReport, _suggest, merged_corrections
+from maskopt.search.data import labels as L
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.report.label_issues import LabelIssueReport, _suggest, merged_corrections
 
 
 def run(*args: str):
@@ -64,8 +64,8 @@ def test_no_stored_oof_is_a_clear_error(main_study, tmp_path):
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory, cache_dir, space_dict):
     """One 2-fold trial on 20 persons at 32 px, 6 of them with a flipped label."""
-    from maskopt.search.demo_data import make_demo_data
-    from maskopt.search.runner import run_search
+    from maskopt.search.data.demo import make_demo_data
+    from maskopt.search.study.runner import run_search
     from maskopt.search.space import parse_space
 
     root = tmp_path_factory.mktemp("noisy")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskopt.search import labels as L
-from maskopt.search.dataset import load_dataset
+from maskopt.search.data import labels as L
+from maskopt.search.data.dataset import load_dataset
 from tiny_trees import write_competition
 
 # The competition's table, written out by hand rather than derived from the formula under test.

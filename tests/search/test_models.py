@@ -11,8 +11,8 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskopt.errors import MaskoptError
-from maskopt.search import labels
-from maskopt.search.models import Classifier, build_model, check_backbone, count_parameters, main_logits
+from maskopt.search.data import labels
+from maskopt.search.train.models import Classifier, build_model, check_backbone, count_parameters, main_logits
 
 SIZE = 32
 

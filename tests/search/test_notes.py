@@ -8,8 +8,8 @@ import pytest
 from optuna_dashboard import get_note
 from PIL import Image
 
-from maskopt.search.labels import class_names
-from maskopt.search.notes import record_trial_note, trial_note
+from maskopt.search.data.labels import class_names
+from maskopt.search.study.notes import record_trial_note, trial_note
 
 PARAMS = {"backbone": "resnet10t", "lr": 0.00125, "batch_size": 32, "loss": "focal", "image_size": 48}
 FOLD_F1 = [0.7123, 0.6889, 0.7301]

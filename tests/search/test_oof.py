@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from maskopt.search.oof import (
+from maskopt.search.study.oof import (
     OFFSET_GRID,
     EnsembleSelection,
     LabelIssue,

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from maskopt.cli import cli
-from maskopt.search.dataset import load_dataset
-from maskopt.search.oof import OOF_ATTR, load_oof, macro_f1
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.study.oof import OOF_ATTR, load_oof, macro_f1
 
 
 def run(*args: str, cwd=None):
@@ -149,7 +149,7 @@ def test_pooled_oof_f1_of_the_best_trial_is_reported_honestly(main_study, comple
     """The report's 'best trial alone' is the pooled OOF macro F1 of the study's best trial."""
     best = max(complete_trials, key=lambda t: t.value)
     oof = load_oof(best, main_study.root / "maskopt-artifacts")
-    from maskopt.search.export import _select_ensemble
+    from maskopt.search.export.bundle import _select_ensemble
 
     members, weights, report = _select_ensemble([best], [oof], 1, 18)
     assert members == [best] and weights == [1.0]

@@ -25,9 +25,9 @@ from optuna.trial import TrialState
 from maskopt.cli import cli
 from maskopt.errors import ExportError, MaskoptError, StorageError
 from maskopt.search.export import EXPORT_ATTR, SUBMISSION_FILE
-from maskopt.search.labels import NUM_CLASSES
-from maskopt.search.report import write_report
-from maskopt.search.runner import SPACE_ATTR
+from maskopt.search.data.labels import NUM_CLASSES
+from maskopt.search.report.html import write_report
+from maskopt.search.study.runner import SPACE_ATTR
 from maskopt.search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -397,7 +397,7 @@ def real_study(tmp_path_factory, demo_data, cache_dir, space_dict):
     """A real search of 3 tiny trials on the shared demo data (see conftest.py)."""
     import yaml
 
-    from maskopt.search.runner import run_search
+    from maskopt.search.study.runner import run_search
 
     folder = tmp_path_factory.mktemp("real")
     space = folder / "tiny.yaml"
@@ -410,7 +410,7 @@ def real_study(tmp_path_factory, demo_data, cache_dir, space_dict):
 
 
 def test_report_of_a_real_search(real_study, demo_data, tmp_path):
-    from maskopt.search.dataset import load_dataset
+    from maskopt.search.data.dataset import load_dataset
 
     out = write_report(storage_url=real_study, out=tmp_path / "real.html")
     page = out.read_text()

@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 
 from maskopt.cli import cli
 from maskopt.errors import SpaceError
-from maskopt.search import training
-from maskopt.search.runner import SPACE_ATTR, counted_trials, run_search, top_trials
+from maskopt.search.train import loop as training
+from maskopt.search.study.runner import SPACE_ATTR, counted_trials, run_search, top_trials
 from maskopt.search.space import load_space, parse_space
 
 FOLD_ATTRS = ("fold_f1", "fold_accuracy", "best_epoch")
@@ -124,7 +124,7 @@ def test_rerun_adds_trials_up_to_the_total(write_space, demo_data, cache_dir, tm
 
 def test_resuming_with_another_dataset_path_is_allowed(space_dict, tmp_path):
     # Machines of one study may keep the data in different places: only what is trained must match.
-    from maskopt.search.runner import _bind_space
+    from maskopt.search.study.runner import _bind_space
 
     first = parse_space(space_dict(study={"data": "/a/data"}))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'b.db'}", study_name="tiny", direction="maximize")
@@ -208,7 +208,7 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(monkeypatch, pruning_from_
                                                       cache_dir, tmp_path):
     """2 folds x 2 epochs = steps 0-3. A pruner that stops every trial from step 2 on stops this one
     at step 2; from step 3, the last, there is nothing left to save and the trial completes."""
-    from maskopt.search import pruning
+    from maskopt.search.study import components as pruning
 
     monkeypatch.setattr(pruning, "build_pruner", lambda settings: optuna.pruners.ThresholdPruner(
         lower=2.0, n_warmup_steps=pruning_from_step))

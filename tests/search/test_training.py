@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from maskopt.search import training
-from maskopt.search.augment import BatchAugment
+from maskopt.search.train import loop as training
+from maskopt.search.train.augment import BatchAugment
 from maskopt.search.space import parse_space
-from maskopt.search.training import BatchBuffers, TrainingData, fast_path, prepare_batch, train_fold
+from maskopt.search.train.loop import BatchBuffers, TrainingData, fast_path, prepare_batch, train_fold
 
 CPU = torch.device("cpu")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

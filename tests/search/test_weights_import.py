@@ -21,8 +21,8 @@ from PIL import Image
 
 from maskopt.cli import cli
 from maskopt.errors import MaskoptError
-from maskopt.search.models import build_model
-from maskopt.search.weights_import import import_weights
+from maskopt.search.train.models import build_model
+from maskopt.search.train.weights import import_weights
 
 LITE0 = "tf_efficientnet_lite0"
 CAT_CLASSES = range(281, 286)  # ImageNet tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from maskopt.search import labels as L
+from maskopt.search.data import labels as L
 
 
 def write_competition(root: Path, people, *, ext: str = ".jpg", size: tuple[int, int] = (6, 8)) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 from worker_processes import (
-    FINISHED, REPO, load, make_tiny_data, wait_for_running_trial, worker_cmd, write_space,
+    FINISHED, load, make_tiny_data, wait_for_running_trial, worker_cmd, write_space,
 )
 
 TRIALS = 4
@@ -40,7 +40,7 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     out = open(log, "w")
     try:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                cwd=REPO)
+                                cwd=log.parent)
     finally:
         out.close()
 

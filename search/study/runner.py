@@ -216,9 +216,9 @@ def open_search(
     Everything that can be wrong with the space or the data is found before the storage is
     touched. Arguments are those of ``run_search``.
     """
-    from maskopt.search.data import prepare_data
-    from maskopt.search.dataset import load_dataset
-    from maskopt.search.pruning import build_pruner, build_sampler
+    from maskopt.search.data.prepared import prepare_data
+    from maskopt.search.data.dataset import load_dataset
+    from maskopt.search.study.components import build_pruner, build_sampler
     from maskopt.search.space import discrete_values
     from maskopt.storage import create_or_load_study, open_storage, resolve_url
 
@@ -307,8 +307,8 @@ def run_search(
             different space.
         SearchInterrupted: Ctrl-C or SIGTERM; the running trial is marked FAIL.
     """
-    from maskopt.search.checkpoints import CheckpointStore, default_checkpoint_dir
-    from maskopt.search.objective import Objective
+    from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
+    from maskopt.search.study.objective import Objective
 
     if n_trials < 1:
         raise MaskoptError(f"--trials must be at least 1, got {n_trials}")

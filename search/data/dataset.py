@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from maskopt.errors import DataError, shorten
-from maskopt.search import labels as L
+from maskopt.search.data import labels as L
 
 LAYOUTS = ("auto", "competition", "csv", "folders")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from maskopt.errors import DataError
 
-from .labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, encode
+from maskopt.search.data.labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, encode
 
 RACE = "Asian"
 TRAIN_HEADER = ("id", "gender", "race", "age", "path")

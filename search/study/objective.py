@@ -22,14 +22,14 @@ import numpy as np
 import optuna
 import torch
 
-from maskopt.search.checkpoints import CheckpointStore
-from maskopt.search.data import PreparedData
-from maskopt.search.models import count_parameters
-from maskopt.search.notes import record_trial_note
-from maskopt.search.oof import OutOfFold, save_oof
-from maskopt.search.pruning import reports_per_fold
+from maskopt.search.study.checkpoints import CheckpointStore
+from maskopt.search.data.prepared import PreparedData
+from maskopt.search.train.models import count_parameters
+from maskopt.search.study.notes import record_trial_note
+from maskopt.search.study.oof import OutOfFold, save_oof
+from maskopt.search.study.components import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
-from maskopt.search.training import NonFiniteLoss, TrainingData, fast_path, is_out_of_memory, train_fold
+from maskopt.search.train.loop import NonFiniteLoss, TrainingData, fast_path, is_out_of_memory, train_fold
 
 
 def original_trial_number(trial: optuna.Trial) -> int:

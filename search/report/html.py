@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from maskopt.errors import ExportError, MaskoptError
-from maskopt.search import labels as L
+from maskopt.search.data import labels as L
 
 TOP_N = 10
 SUSPECTS_SHOWN = 24
@@ -124,7 +124,7 @@ class _Facts:
 
     @classmethod
     def of(cls, study: optuna.Study) -> _Facts:
-        from maskopt.search.runner import SPACE_ATTR, top_trials
+        from maskopt.search.study.runner import SPACE_ATTR, top_trials
 
         trials = study.get_trials(deepcopy=False)
         by_state = {s.name: sum(t.state == s for t in trials) for s in _STATES}
@@ -306,7 +306,7 @@ def _need_complete(facts: _Facts, n: int = 1) -> None:
 
 
 def _history_figure(study, facts):
-    from maskopt.search.runner import OBJECTIVE_NAME
+    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     _need_complete(facts)
     figure = optuna.visualization.plot_optimization_history(study, target_name=OBJECTIVE_NAME)
@@ -316,7 +316,7 @@ def _history_figure(study, facts):
 
 
 def _importance_figure(study, facts):
-    from maskopt.search.runner import OBJECTIVE_NAME
+    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     _need_complete(facts, 2)
     varying = [p for p in facts.params
@@ -333,7 +333,7 @@ def _importance_figure(study, facts):
 
 
 def _parallel_figure(study, facts):
-    from maskopt.search.runner import OBJECTIVE_NAME
+    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     _need_complete(facts)
     if not facts.params:
@@ -350,7 +350,7 @@ def _intermediate_figure(study, facts):
 
 
 def _slice_section(study: optuna.Study, facts: _Facts) -> str:
-    from maskopt.search.runner import OBJECTIVE_NAME
+    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     try:
         _need_complete(facts)
@@ -374,7 +374,7 @@ def _slice_section(study: optuna.Study, facts: _Facts) -> str:
 
 
 def _top_table(facts: _Facts) -> str:
-    from maskopt.search.runner import format_value
+    from maskopt.search.study.runner import format_value
 
     if not facts.top:
         return _skipped("No trial has finished every fold yet, so there is nothing to rank.")
@@ -451,7 +451,7 @@ def _is_competition(study: optuna.Study, facts: _Facts) -> bool:
         return layout == "competition"
     data = settings.get("data")
     if data and Path(data).exists():
-        from maskopt.search.dataset import detect_layout
+        from maskopt.search.data.dataset import detect_layout
 
         try:
             return detect_layout(Path(data)) == "competition"
@@ -469,7 +469,7 @@ def _class_names(study: optuna.Study, facts: _Facts, n: int) -> list[str]:
         return list(config["class_names"])
     settings = (facts.space or {}).get("study", {})
     if settings.get("data") and Path(settings["data"]).exists():
-        from maskopt.search.dataset import load_dataset
+        from maskopt.search.data.dataset import load_dataset
 
         try:
             dataset = load_dataset(settings["data"], layout=settings.get("layout", "auto"))
@@ -525,7 +525,7 @@ def _matrix_table(matrix: np.ndarray, names: list[str], *, f1: np.ndarray, compa
 
 
 def _suspects_section(study: optuna.Study, artifact_dir) -> str:
-    from maskopt.search.label_issues import study_label_issues
+    from maskopt.search.report.label_issues import study_label_issues
     from maskopt.storage import DEFAULT_ARTIFACT_DIR
 
     folder = artifact_dir if artifact_dir is not None else DEFAULT_ARTIFACT_DIR

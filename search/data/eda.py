@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from maskopt.errors import shorten
-from maskopt.search import labels as L
-from maskopt.search.dataset import ImageDataset
+from maskopt.search.data import labels as L
+from maskopt.search.data.dataset import ImageDataset
 
 AGE_BINS = (18, 20, 25, 30, 35, 40, 45, 50, 55, 58, 60, 61)
 

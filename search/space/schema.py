@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from maskopt.errors import SpaceError, shorten
-from maskopt.search.labels import OFFICIAL_AGE_OLD
+from maskopt.search.data.labels import OFFICIAL_AGE_OLD
 
 # --- parameters ---------------------------------------------------------------------------------
 
@@ -56,7 +56,7 @@ PARAMS: dict[str, ParamSpec] = {
     "batch_size": ParamSpec(int, 32, "training batch size", low=1, high=4096),
     "freeze_depth": ParamSpec(int, 0, "leading backbone stages kept frozen (0 trains all)", low=0, high=16),
     "sampler": ParamSpec(str, "uniform", "training sampler", choices=("uniform", "balanced")),
-    "aug_strength": ParamSpec(float, 0.0, "augmentation strength (see search/augment.py)", low=0.0, high=1.0),
+    "aug_strength": ParamSpec(float, 0.0, "augmentation strength (see search/train/augment.py)", low=0.0, high=1.0),
     "loss": ParamSpec(str, "ce", "training loss", choices=("ce", "focal", "label_smoothing")),
     "optimizer": ParamSpec(str, "adamw", "any timm optimizer name (adamw, sgd, lamb, ...)"),
     "image_size": ParamSpec(int, 64, "side of the square training images, pixels", low=16, high=1024),
@@ -361,7 +361,7 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
 def _check_components_build(v: _Validator, settings: StudySettings) -> None:
     """Build the sampler and pruner once, so option values their constructors refuse (a
     percentile of 200, a string count) are reported here, before any storage is touched."""
-    from maskopt.search.pruning import build_pruner, build_sampler
+    from maskopt.search.study.components import build_pruner, build_sampler
 
     builders = {"sampler": lambda: build_sampler(settings.sampler, seed=settings.seed),
                 "pruner": lambda: build_pruner(settings)}
@@ -393,7 +393,7 @@ def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], k
 
 def _component_options(kind: str, name: str) -> tuple[str, ...]:
     """Keyword options a sampler or pruner accepts (the seed is the study's, set elsewhere)."""
-    from maskopt.search.pruning import pruner_class, sampler_class
+    from maskopt.search.study.components import pruner_class, sampler_class
 
     cls = sampler_class(name) if kind == "sampler" else pruner_class(name)
     params = inspect.signature(cls.__init__).parameters
@@ -448,7 +448,7 @@ def _check_registry_names(v: _Validator, dims: dict[str, Dimension]) -> None:
     import timm.optim
 
     from maskopt.errors import MaskoptError
-    from maskopt.search.models import check_backbone
+    from maskopt.search.train.models import check_backbone
 
     for value in discrete_values(dims["backbone"]):
         if len(value) > 200:  # no timm name is this long; skip the slow closest-name search

@@ -3,7 +3,7 @@
 Every complete trial of ``maskopt search`` stores its out-of-fold (OOF) probabilities: each
 training image predicted by the fold model that never saw it. :func:`find_study_label_issues`
 averages those of the study's best trials, ranks the images whose given label looks wrong by
-confident learning (cleanlab, :func:`maskopt.search.oof.find_label_issues`), and, for the
+confident learning (cleanlab, :func:`maskopt.search.study.oof.find_label_issues`), and, for the
 competition layout, turns the evidence per person into suggestions:
 
 - ``male`` / ``female``: most of a person's images are predicted as the other gender;
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from maskopt.errors import MaskoptError
-from maskopt.search import labels as L
+from maskopt.search.data import labels as L
 
 MAX_TRIALS = 50
 """Most complete trials looked at for stored OOF predictions (best first)."""
@@ -174,9 +174,9 @@ def find_study_label_issues(
 def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, limit: int | None = None,
                        dataset=None) -> LabelIssueReport:
     """:func:`find_study_label_issues` of a loaded study (``dataset``: already loaded, optional)."""
-    from maskopt.search.dataset import _read_corrections, load_dataset
-    from maskopt.search.oof import find_label_issues, load_oof, macro_f1
-    from maskopt.search.runner import SPACE_ATTR, top_trials
+    from maskopt.search.data.dataset import _read_corrections, load_dataset
+    from maskopt.search.study.oof import find_label_issues, load_oof, macro_f1
+    from maskopt.search.study.runner import SPACE_ATTR, top_trials
     from maskopt.search.space import parse_space
     from maskopt.storage import DEFAULT_ARTIFACT_DIR
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from maskopt.errors import DataError
-from maskopt.search.cache import load_images
-from maskopt.search.dataset import EXCLUDE_BROKEN_HINT, ImageDataset, format_problems
-from maskopt.search.folds import person_folds
+from maskopt.search.data.cache import load_images
+from maskopt.search.data.dataset import EXCLUDE_BROKEN_HINT, ImageDataset, format_problems
+from maskopt.search.data.folds import person_folds
 
 
 @dataclass

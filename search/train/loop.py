@@ -156,8 +156,8 @@ def train_fold(
     import timm.optim
     import timm.scheduler
 
-    from maskopt.search.augment import BatchAugment
-    from maskopt.search.models import build_model
+    from maskopt.search.train.augment import BatchAugment
+    from maskopt.search.train.models import build_model
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

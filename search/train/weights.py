@@ -4,7 +4,7 @@
 ``weights_only=True``, or a ``.safetensors`` file; a checkpoint dict wrapping it under
 ``state_dict_ema`` / ``model_ema`` / ``state_dict`` / ``model`` also works), maps its tensors
 onto the timm model ``backbone`` and writes ``<out_dir>/<backbone>.safetensors``, the name
-:func:`maskopt.search.models.build_model` looks for in a ``weights:`` folder.
+:func:`maskopt.search.train.models.build_model` looks for in a ``weights:`` folder.
 
 Mapping: a source whose key names are the timm model's own maps by name. Any other source
 (efficientnet_pytorch, torchvision, ...) maps tensor by tensor in order onto the timm model's
@@ -84,7 +84,7 @@ def import_weights(src: str | Path, backbone: str, out_dir: str | Path, *, force
             position, both keys and shapes, and both counts); or an existing different
             output file without ``force``.
     """
-    from maskopt.search.models import check_backbone
+    from maskopt.search.train.models import check_backbone
 
     src = Path(src).expanduser()
     out_dir = Path(out_dir).expanduser()

@@ -46,7 +46,7 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
         SearchInterrupted: Ctrl-C or SIGTERM; each worker marked its running trial FAIL.
         MaskoptError: A worker failed.
     """
-    from maskopt.search.runner import SearchInterrupted, free_cores, open_search, summary_of
+    from maskopt.search.study.runner import SearchInterrupted, free_cores, open_search, summary_of
     from maskopt.storage import redact, resolve_url
 
     url = resolve_url(storage_url)
@@ -114,7 +114,7 @@ def _gpu_count(device: str) -> int:
 
 def _worker_main(index: int, space, kwargs: dict, env: dict) -> None:
     os.environ.update(env)  # before torch is imported in this process
-    from maskopt.search.runner import SearchInterrupted, run_search
+    from maskopt.search.study.runner import SearchInterrupted, run_search
 
     def log(line: str) -> None:
         print(f"[worker {index}] {line}", flush=True)

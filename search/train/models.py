@@ -28,7 +28,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskopt.errors import MaskoptError
 
-from .labels import NUM_CLASSES
+from maskopt.search.data.labels import NUM_CLASSES
 
 HEADS = ("single", "multi")
 """``single``: one linear classifier over all classes; ``multi``: mask, gender and age heads."""

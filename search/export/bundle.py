@@ -1,0 +1,382 @@
+"""Retraining the best trial, exporting it, predicting with an export, scoring a submission.
+
+An export folder holds everything needed to predict on any machine, with no access to the study:
+``model.safetensors`` (or ``fold<k>.safetensors`` for a fold ensemble: weights that load without
+executing code), ``config.json`` (how to rebuild and feed the model, where it came from) and, for
+the competition layout, ``submission.csv``. Files are written into a temporary folder that is
+renamed into place at the end, so a failed export never leaves a half-written folder.
+
+Retraining rule: the best trial's parameters, on every training person with no hold-out, for the
+mean over its folds of the epoch with the best validation F1 (rounded, at least 1), since that is
+how long the model took to peak when it had slightly less data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskopt.errors import ExportError, SpaceError
+from maskopt.search.data import labels as L
+from maskopt.search.export.predict import (
+    CONFIG_FILE,
+    EXPORT_FORMAT,
+    SUBMISSION_FILE,
+    eval_set_of,
+    predict_images,
+    write_submission,
+)
+
+EXPORT_ATTR = "maskopt_export"
+
+
+@dataclass(frozen=True)
+class EnsembleReport:
+    """What ``--ensemble K`` chose, measured on the pooled out-of-fold predictions."""
+
+    trials: tuple[int, ...]  # member trials, in the order of their folders
+    weights: tuple[float, ...]
+    oof_macro_f1: float  # of the weighted ensemble
+    best_single_oof_macro_f1: float  # of the best trial alone, same rows
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Per-class offsets on log-probabilities, and what they are worth on out-of-fold predictions."""
+
+    offsets: tuple[float, ...]
+    oof_macro_f1: float  # without offsets
+    nested_oof_macro_f1: float  # with offsets fitted on the other folds: an honest estimate
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    study_name: str
+    trial_number: int
+    cv_score: float
+    epochs: int
+    models: tuple[str, ...]
+    submission: Path | None
+    ensemble: EnsembleReport | None = None
+    calibration: CalibrationReport | None = None
+
+
+MAX_ENSEMBLE_CANDIDATES = 20
+"""Ensemble selection looks at the study's best complete trials, at most this many."""
+
+
+def export_best(
+    *,
+    storage_url: str | None,
+    study_name: str | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    tta: bool = False,
+    ensemble_folds: bool = False,
+    ensemble: int = 1,
+    calibrate: bool = False,
+    artifact_dir: str | Path | None = None,
+    force: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ExportResult:
+    """Retrain the study's best complete trial (or an ensemble of its best) and export it.
+
+    Args:
+        storage_url: The study storage (None: ``maskopt.db`` here).
+        study_name: The study; may be omitted when the storage holds one study.
+        data: Dataset path (default: the one the study was run on).
+        out: Export folder (default ``exports/<study>``).
+        tta: Average predictions with the horizontally flipped image.
+        ensemble_folds: Train the k fold models of each exported trial on their folds and
+            average their probabilities, instead of one model on all data.
+        ensemble: Greedy ensemble selection with replacement (Caruana et al. 2004) of up to
+            this many picks among the best trials, on their stored out-of-fold probabilities;
+            every member is retrained and exported, and ``predict`` averages them by weight.
+            1: the best trial alone.
+        calibrate: Fit per-class offsets on the out-of-fold log-probabilities that maximise
+            macro F1, store them in the export and apply them in ``predict``.
+        artifact_dir: The artifact folder the search stored out-of-fold predictions in
+            (default ``maskopt-artifacts``); read for ``ensemble`` and ``calibrate``.
+        force: Replace an existing export folder.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch (default: the free cores).
+        cache_dir: Decoded-image cache folder.
+        progress: Show progress bars.
+
+    Raises:
+        ExportError: No such study, no complete trial, no stored out-of-fold predictions for
+            ``ensemble`` or ``calibrate``, or the folder exists without ``force``.
+    """
+    from maskopt.search.data.prepared import prepare_data
+    from maskopt.search.data.dataset import load_dataset
+    from maskopt.search.study.objective import release_memory
+    from maskopt.search.study.runner import SPACE_ATTR, check_study_name, setup_torch, top_trials
+    from maskopt.search.space import parse_space
+    from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
+
+    if ensemble < 1:
+        raise ExportError(f"the ensemble size must be at least 1, got {ensemble}")
+    storage = open_storage(storage_url, heartbeat_interval=None, create=False)  # a typo must not make a new file
+    study = load_existing_study(storage=storage, study_name=study_name)
+    if SPACE_ATTR not in study.user_attrs:
+        raise ExportError(f"study {study.study_name!r} was not made by maskopt search (it has no stored search space)")
+    candidates = top_trials(study, MAX_ENSEMBLE_CANDIDATES if ensemble > 1 else 1)
+    if not candidates:
+        states = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in states.items()) or "no trials"
+        raise ExportError(f"study {study.study_name!r} has no complete trial to export ({counts}); "
+                          f"run more trials with maskopt search")
+    best = candidates[0]
+    if out is None:
+        try:
+            out = Path("exports") / check_study_name(study.study_name)
+        except SpaceError as e:
+            raise ExportError(f"{e} Or pass --out FOLDER for this study's export.") from None
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it, or --out another folder")
+    if out.exists() and not (_is_export(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise ExportError(f"{out} exists and is not a maskopt export (no {CONFIG_FILE} of format {EXPORT_FORMAT!r}); "
+                          f"it is left as it is. Pass --out another folder.")
+
+    space = parse_space(study.user_attrs[SPACE_ATTR], source=f"study {study.study_name!r}", check_names=False)
+    settings = space.study
+    data_path = data if data is not None else settings.data
+    if data_path is None:
+        raise ExportError("the study records no dataset path; pass --data")
+    dataset = load_dataset(data_path, layout=settings.layout, corrections=settings.corrections,
+                           exclude_broken=settings.exclude_broken)
+    space, _ = space.for_layout(dataset.layout)
+    eval_set = eval_set_of(Path(data_path), dataset.layout)  # checked before hours of retraining
+
+    members, weights, ensemble_report, calibration = [best], [1.0], None, None
+    if ensemble > 1 or calibrate:
+        oofs = _stored_oofs(candidates, artifact_dir or DEFAULT_ARTIFACT_DIR, dataset, study.study_name)
+        if ensemble > 1:
+            members, weights, ensemble_report = _select_ensemble(candidates, oofs, ensemble, dataset.num_classes)
+        if calibrate:
+            by_number = {t.number: oof for t, oof in zip(candidates, oofs) if oof is not None}
+            blend = sum(w * by_number[t.number].probs for t, w in zip(members, weights))
+            calibration = _calibrate(blend, by_number[best.number], dataset.num_classes)
+
+    member_params = [space.params_from(t.params) for t in members]
+    prepared = prepare_data(dataset, image_sizes=sorted({p.image_size for p in member_params}), cache_dir=cache_dir,
+                            exclude_broken=settings.exclude_broken, progress=progress)
+    torch_device = setup_torch(device, threads)
+
+    # Stage beside the export, so the final rename stays on one filesystem (the system temp folder
+    # is often another one, where os.replace fails).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if len(members) == 1:
+            config = _export_trial(tmp, best, member_params[0], settings, prepared, torch_device, study.study_name,
+                                   ensemble_folds=ensemble_folds, progress=progress)
+        else:
+            folders = []
+            for trial, params in zip(members, member_params):
+                folder = f"member-trial-{trial.number}"
+                (tmp / folder).mkdir()
+                member = _export_trial(tmp / folder, trial, params, settings, prepared, torch_device,
+                                       study.study_name, ensemble_folds=ensemble_folds, progress=progress)
+                (tmp / folder / CONFIG_FILE).write_text(json.dumps({**member, "tta": tta}, indent=2) + "\n")
+                folders.append(folder)
+            config = {"format": EXPORT_FORMAT, "num_classes": dataset.num_classes,
+                      "class_names": list(dataset.class_names), "layout": dataset.layout,
+                      "members": [{"folder": f, "weight": w, "trial": t.number}
+                                  for f, w, t in zip(folders, weights, members)],
+                      "study": study.study_name, "trial": best.number, "cv_macro_f1": best.value,
+                      "ensemble": dataclasses.asdict(ensemble_report),
+                      "dataset_fingerprint": dataset.fingerprint(), "versions": _versions()}
+        config["tta"] = tta
+        if calibration is not None:
+            config["class_offsets"] = list(calibration.offsets)
+            config["calibration"] = dataclasses.asdict(calibration)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        release_memory(torch_device)
+        submission = None
+        if eval_set is not None:
+            ids, paths = eval_set
+            predictions = predict_images(tmp, paths, device=torch_device, tta=tta, cache_dir=cache_dir, progress=progress)
+            write_submission(tmp / SUBMISSION_FILE, ids, predictions, header=("ImageID", "ans"))
+            submission = out / SUBMISSION_FILE
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _record_export(study, best, out, storage, config)
+    models = tuple(config["models"]) if "models" in config else tuple(
+        f"{m['folder']}/{name}" for m in config["members"]
+        for name in json.loads((out / m["folder"] / CONFIG_FILE).read_text())["models"])
+    return ExportResult(out, study.study_name, best.number, best.value, config.get("epochs", 0), models, submission,
+                        ensemble_report, calibration)
+
+
+def _export_trial(folder: Path, trial, params, settings, prepared, device, study_name: str, *,
+                  ensemble_folds: bool, progress: bool) -> dict:
+    """Retrain one trial, write its weights into ``folder`` and return its config (not yet written).
+
+    Retraining uses the trial's original seeds (a retried trial's are its original's).
+    """
+    from safetensors.torch import save_model
+    from tqdm.auto import tqdm
+
+    from maskopt.search.study.objective import fold_seed
+    from maskopt.search.study.runner import trial_origin
+    from maskopt.search.train.loop import TrainingData, mean_std, train_fold, train_full
+
+    dataset = prepared.dataset
+    images = prepared.images(params.image_size, device)
+    train_labels = dataset.training_labels(params.age_old)
+    best_epochs = trial.user_attrs.get("best_epoch") or [settings.epochs]
+    epochs = max(1, int(round(float(np.mean(best_epochs)))))
+    origin = trial_origin(trial)
+    models = []
+    if ensemble_folds:
+        folds = prepared.folds(n_folds=settings.folds, seed=settings.seed)
+        for k, (train_idx, _) in enumerate(folds):
+            fold_epochs = best_epochs[k] if k < len(best_epochs) else epochs
+            fold_data = TrainingData(images, train_idx, train_labels[train_idx], train_idx[:0], train_labels[:0])
+            with tqdm(total=fold_epochs, desc=f"trial {trial.number} fold {k + 1}", unit="ep",
+                      disable=not progress) as bar:
+                _, model = train_fold(params, fold_data, settings=_with_epochs(settings, fold_epochs),
+                                      num_classes=dataset.num_classes, device=device,
+                                      seed=fold_seed(settings.seed, origin, k), progress=bar)
+            models.append((f"fold{k}.safetensors", model))
+    else:
+        with tqdm(total=epochs, desc=f"retraining trial {trial.number} on all data", unit="ep",
+                  disable=not progress) as bar:
+            model = train_full(params, images, train_labels, settings=settings, epochs=epochs,
+                               num_classes=dataset.num_classes, device=device,
+                               seed=fold_seed(settings.seed, origin, settings.folds), progress=bar)
+        models.append(("model.safetensors", model))
+    for name, model in models:
+        save_model(model.cpu(), str(folder / name))
+    mean, std = mean_std(models[0][1])
+    return {
+        "format": EXPORT_FORMAT,
+        "backbone": params.backbone,
+        "head": params.head,
+        "num_classes": dataset.num_classes,
+        "class_names": list(dataset.class_names),
+        "layout": dataset.layout,
+        "image_size": params.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "age_old_training": params.age_old,
+        "age_old_official": L.OFFICIAL_AGE_OLD,
+        "models": [name for name, _ in models],
+        "study": study_name,
+        "trial": trial.number,
+        "params": params.as_dict(),
+        "cv_macro_f1": trial.value,
+        "fold_macro_f1": trial.user_attrs.get("fold_f1"),
+        "epochs": epochs if not ensemble_folds else best_epochs,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "versions": _versions(),
+    }
+
+
+def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
+    """The stored OOF predictions of each candidate (None where missing or of other data).
+
+    Raises:
+        ExportError: The best trial has none: without them there is nothing to select or fit on.
+    """
+    from maskopt.search.study.oof import load_oof
+
+    fingerprint = dataset.fingerprint()
+    oofs = []
+    for trial in candidates:
+        oof = load_oof(trial, artifact_dir)
+        oofs.append(oof if oof is not None and oof.dataset == fingerprint and len(oof.probs) == len(dataset) else None)
+    if oofs[0] is None:
+        raise ExportError(
+            f"trial {candidates[0].number} of study {study_name!r} has no stored out-of-fold predictions for this "
+            f"dataset in {artifact_dir}/ (a search stores them in its --artifacts folder; an older search, another "
+            f"folder, or other data has none). Pass --artifacts FOLDER, or export without --ensemble/--calibrate")
+    return oofs
+
+
+def _select_ensemble(candidates, oofs, size: int, num_classes: int):
+    """Caruana selection among the candidates with OOF; returns (member trials, weights, report)."""
+    from maskopt.search.study.oof import caruana_ensemble
+
+    usable = [(t, oof) for t, oof in zip(candidates, oofs) if oof is not None]
+    labels = usable[0][1].labels
+    selection = caruana_ensemble([oof.probs for _, oof in usable], labels, size=size, n_classes=num_classes)
+    members = [usable[m][0] for m in selection.members]  # in rank order: candidates are best first
+    weights = list(selection.weights)
+    report = EnsembleReport(tuple(t.number for t in members), tuple(weights), selection.f1,
+                            selection.single_f1s[0])
+    return members, weights, report
+
+
+def _calibrate(blend: np.ndarray, best_oof, num_classes: int) -> CalibrationReport:
+    """Offsets fitted on all OOF rows; their gain estimated by fitting on the other folds."""
+    from maskopt.search.study.oof import fit_class_offsets, nested_offset_gain
+
+    log_probs = np.log(np.clip(blend, 1e-7, None))
+    gain = nested_offset_gain(log_probs, best_oof.labels, best_oof.folds, n_classes=num_classes)
+    offsets = fit_class_offsets(log_probs, best_oof.labels, n_classes=num_classes)
+    return CalibrationReport(tuple(float(o) for o in offsets), gain.uncalibrated, gain.nested)
+
+
+def _with_epochs(settings, epochs: int):
+    return dataclasses.replace(settings, epochs=epochs)
+
+
+def _is_export(folder: Path) -> bool:
+    """True when ``folder`` holds an export that maskopt wrote, so replacing it loses nothing else."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == EXPORT_FORMAT
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished export into place; an older export is removed only after that."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _record_export(study, best, out: Path, storage, config: dict) -> None:
+    """Note the export on the trial and the study, so optuna-dashboard shows it."""
+    import optuna
+    from optuna_dashboard import save_note
+
+    record = {"trial": best.number, "path": str(out.resolve()), "cv_macro_f1": best.value,
+              "models": config["models"], "tta": config["tta"]}
+    study.set_user_attr(EXPORT_ATTR, record)
+    # A finished trial's attributes are read-only; dashboard notes live in study attributes.
+    save_note(optuna.Trial(study, best._trial_id),
+              f"## Exported\n\nThis trial was retrained and exported to `{record['path']}` "
+              f"(models: {', '.join(config['models'])}; TTA: {config['tta']}).\n")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("maskopt", "timm", "torch", "optuna")}
+
+

@@ -1,0 +1,1 @@
+"""Looking at a study: the HTML report and the label-issue finder."""
