@@ -6,7 +6,7 @@ DEMO_DATA ?= demo-data
 DEMO_TRIALS ?= 12
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test venv venv-test postgres chromium bench clean
+.PHONY: demo test venv venv-test postgres chromium test-data bench clean
 
 $(BIN)/maskopt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,10 @@ postgres:
 chromium:
 	scripts/install-chromium
 
-test: venv-test postgres chromium
+test-data:
+	scripts/install-test-data
+
+test: venv-test postgres chromium test-data
 	$(BIN)/python -m pytest -q
 
 bench: venv

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,29 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored
-
-
-def _ensure_maskopt_importable() -> None:
-    """Make ``maskopt.search`` / ``maskopt.storage`` importable from a bare checkout.
-
-    The package maps ``maskopt.search`` to ``search/`` (pyproject's package-dir). A GPU machine
-    that gets a copy of the working tree without the virtual environment has no editable
-    install; adding the repository root to ``maskopt.__path__`` gives the same module names.
-    """
-    try:
-        import maskopt.search  # noqa: F401
-        return
-    except ImportError:
-        pass
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import maskopt
-
-    if str(ROOT) not in maskopt.__path__:
-        maskopt.__path__.append(str(ROOT))
-
-
-_ensure_maskopt_importable()
 
 
 # --- configuration ------------------------------------------------------------------------------

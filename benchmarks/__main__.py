@@ -1,7 +1,8 @@
 """``python -m benchmarks [NAME ...] [--quick] [--threads N]``: run benchmarks, print, save JSON.
 
-Names: loop, data, pruning, search, storage, memory (the default set, in that order), gpu
-(only when named; see benchmarks/gpu.sh) and labels (only when named). Results go to benchmarks/results/<name>.json.
+Names: loop, data, pruning, search, storage, memory (the default set, in that order); gpu (see
+benchmarks/gpu.sh), labels, resume and pretrained run only when named. Results go to
+benchmarks/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ MODULES = {
     "memory": "memory",
     "gpu": "gpu",
     "labels": "label_noise",
+    "resume": "resume",
+    "pretrained": "pretrained",
 }
 DEFAULT = ("loop", "data", "pruning", "search", "storage", "memory")
 ALIASES = {module: name for name, module in MODULES.items()}

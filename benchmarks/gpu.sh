@@ -9,7 +9,7 @@
 #   benchmarks/gpu.sh --dry-run       # anywhere: the same code on the CPU, 2 images per batch
 #
 # Python: $PYTHON, else .venv/bin/python, else python3. It needs torch, torchvision, timm, numpy, PyYAML;
-# maskopt itself need not be installed (benchmarks/__init__.py finds it in this checkout).
+# maskopt is installed from this checkout (editable, without dependencies) if it is not yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -20,6 +20,9 @@ fi
 if ! "$PY" -c "import torch, torchvision, timm, numpy, yaml" 2>/dev/null; then
     echo "gpu.sh: $PY lacks torch, torchvision, timm, numpy or PyYAML; install them (pip install torch torchvision timm pyyaml) or set PYTHON" >&2
     exit 2
+fi
+if ! "$PY" -c "import maskopt.search.train.loop" 2>/dev/null; then
+    "$PY" -m pip install --quiet --no-deps --no-build-isolation -e . >&2
 fi
 device=cuda
 for arg in "$@"; do [ "$arg" = --dry-run ] && device=auto; done

@@ -17,9 +17,7 @@ Each search takes about 5 s; the file about 15 s.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from benchmarks import fashion
 from maskopt.cli import cli
 from maskopt.search.data.dataset import load_dataset
 
@@ -39,23 +38,6 @@ PRETRAINED_MIN_F1 = 0.45  # measured 0.595..0.638 over four seeds
 MIN_GAIN_OVER_SCRATCH = 0.20  # measured 0.26..0.43 over four seeds (0.43 at the seed used here)
 
 
-def _load_fashion():
-    """``benchmarks/fashion.py``, loaded by its path.
-
-    The repository root is on ``sys.path`` under ``python -m pytest`` (``make test``) but not
-    under a plain ``pytest``, so ``from benchmarks.fashion import ...`` would work only one way.
-    Loading the one file by path works both ways and keeps a single copy of the code.
-    """
-    name = "_maskopt_benchmarks_fashion"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "fashion.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fashion = _load_fashion()
 
 
 def invoke(*args, cwd: Path):
