@@ -100,3 +100,28 @@ def postgres_url(_postgres_admin):
 def fresh_postgres_url(_postgres_admin):
     """A URL to a new, empty database for one test."""
     yield from _fresh_database(_postgres_admin)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """A fresh, empty storage URL: a SQLite file, then a PostgreSQL database (the same test twice).
+
+    The PostgreSQL case skips, saying why, only where no server can be started.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'storage.db'}"
+    else:
+        yield from _fresh_database(request.getfixturevalue("_postgres_admin"))
+
+
+# Markers (registered in pyproject.toml) come from what a test uses, so none can be forgotten:
+# `-m "not slow"` is the quick loop while editing; `-m postgres` or `-m browser` picks a part.
+POSTGRES_FIXTURES = {"postgres_url", "fresh_postgres_url", "_postgres_admin"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & POSTGRES_FIXTURES or getattr(item, "callspec", None) and \
+                item.callspec.params.get("storage_url") == "postgresql":
+            item.add_marker(pytest.mark.postgres)

@@ -119,6 +119,7 @@ def kill_after_epochs(storage: str, name: str, worker, epochs: int, sig=signal.S
     return doomed
 
 
+@pytest.mark.slow
 def test_sigkill_mid_fold_then_rerun_resumes_and_scores_as_uninterrupted(tiny_data, tmp_path):
     name = "resume"
     (tmp_path / "whole").mkdir()
@@ -147,6 +148,7 @@ def test_sigkill_mid_fold_then_rerun_resumes_and_scores_as_uninterrupted(tiny_da
     assert list(folder.iterdir()) == []  # removed when the trial finished, a cut-short save swept
 
 
+@pytest.mark.slow
 def test_sigterm_queues_the_trial_and_the_rerun_resumes_it(tiny_data, tmp_path):
     name = "preempt"
     storage = f"sqlite:///{tmp_path / 'term.db'}"
@@ -167,6 +169,7 @@ def test_sigterm_queues_the_trial_and_the_rerun_resumes_it(tiny_data, tmp_path):
     assert trials[1].user_attrs["resumed"]["epochs_inherited"] >= 2
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_noted_and_the_trial_starts_from_zero(tiny_data, tmp_path):
     name = "corrupt"
     storage = f"sqlite:///{tmp_path / 'bad.db'}"

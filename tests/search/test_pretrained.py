@@ -31,6 +31,8 @@ from benchmarks import fashion
 from maskopt.cli import cli
 from maskopt.search.data.dataset import load_dataset
 
+pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each
+
 ROOT = Path(__file__).resolve().parents[2]
 LITE0 = "tf_efficientnet_lite0"
 PER_CLASS = 12

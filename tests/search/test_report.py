@@ -369,6 +369,7 @@ def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProc
                            *args, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.browser
 def test_plots_render_in_chromium(full, tmp_path):
     """Every plot container holds plotly's SVG once Chromium has run the page's scripts."""
     _, out, page = full

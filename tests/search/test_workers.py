@@ -15,6 +15,8 @@ from worker_processes import (
     finish, finished_and_running, kill, load, make_tiny_data, start_worker, wait_for_running_trial, write_space,
 )
 
+pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each
+
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):

@@ -25,6 +25,8 @@ from worker_processes import (
     FINISHED, load, make_tiny_data, wait_for_running_trial, worker_cmd, write_space,
 )
 
+pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each
+
 TRIALS = 4
 HEAL_TIMEOUT = 240  # seconds A gets to exit once its link is back
 

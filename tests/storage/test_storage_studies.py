@@ -18,8 +18,9 @@ from maskopt.storage import (
 
 
 @pytest.fixture
-def storage(tmp_path):
-    return open_storage(f"sqlite:///{tmp_path / 'studies.db'}", heartbeat_interval=None)
+def storage(storage_url):
+    """Each test runs on a SQLite file and on a PostgreSQL database."""
+    return open_storage(storage_url, heartbeat_interval=None)
 
 
 def add_trials(study, states_and_values):
@@ -106,14 +107,6 @@ def test_list_studies_multi_objective_has_no_best_value(storage):
     (summary,) = list_studies(storage)
     assert summary.direction == "minimize,maximize"
     assert summary.best_value is None
-
-
-def test_list_studies_on_postgresql(postgres_url):
-    storage = open_storage(postgres_url, heartbeat_interval=None)
-    study = create_or_load_study(storage=storage, study_name="pg-counted")
-    add_trials(study, [(TrialState.COMPLETE, 1.0), (TrialState.PRUNED, None), (TrialState.FAIL, None)])
-    (summary,) = [s for s in list_studies(storage) if s.name == "pg-counted"]
-    assert (summary.n_complete, summary.n_pruned, summary.n_fail, summary.best_value) == (1, 1, 1, 1.0)
 
 
 def test_artifact_store_creates_its_folder(tmp_path):
