@@ -25,6 +25,7 @@ import numpy as np
 
 from maskopt.errors import ExportError, SpaceError
 from maskopt.search.data import labels as L
+from maskopt.search.study.record import TrialRecord
 from maskopt.search.export.predict import (
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -241,7 +242,7 @@ def _export_trial(folder: Path, trial, params, settings, prepared, device, study
     dataset = prepared.dataset
     images = prepared.images(params.image_size, device)
     train_labels = dataset.training_labels(params.age_old)
-    best_epochs = trial.user_attrs.get("best_epoch") or [settings.epochs]
+    best_epochs = list(TrialRecord.of(trial).best_epoch) or [settings.epochs]
     epochs = max(1, int(round(float(np.mean(best_epochs)))))
     origin = trial_origin(trial)
     models = []
@@ -283,7 +284,7 @@ def _export_trial(folder: Path, trial, params, settings, prepared, device, study
         "trial": trial.number,
         "params": params.as_dict(),
         "cv_macro_f1": trial.value,
-        "fold_macro_f1": trial.user_attrs.get("fold_f1"),
+        "fold_macro_f1": list(TrialRecord.of(trial).fold_f1),
         "epochs": epochs if not ensemble_folds else best_epochs,
         "dataset_fingerprint": dataset.fingerprint(),
         "versions": _versions(),

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from maskopt.errors import ExportError, MaskoptError
 from maskopt.search.data import labels as L
+from maskopt.search.study.record import CLASS_NAMES, LAYOUT, TrialRecord
 
 TOP_N = 10
 SUSPECTS_SHOWN = 24
@@ -139,16 +140,17 @@ class _Facts:
         # Compute saved by pruning: finished trials only (a failed trial stopped for another reason).
         trained = full = counted = 0
         for t in trials:
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "epochs_trained" in t.user_attrs:
-                trained += int(t.user_attrs["epochs_trained"])
+            r = TrialRecord.of(t)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and r.epochs_trained is not None:
+                trained += int(r.epochs_trained)
                 counted += 1
         if folds and epochs and counted:
             full = counted * folds * epochs
         return cls(
             trials=trials, by_state=by_state,
-            stopped_early=sum(t.state == TrialState.COMPLETE and "pruned_after_folds" in t.user_attrs for t in trials),
+            stopped_early=sum(t.state == TrialState.COMPLETE and not TrialRecord.of(t).ran_every_fold for t in trials),
             space=space, folds=folds, epochs=epochs, top=top_trials(study, TOP_N), params=params,
-            compute_seconds=float(sum(t.user_attrs.get("seconds", 0.0) or 0.0 for t in trials)),
+            compute_seconds=float(sum(TrialRecord.of(t).seconds or 0.0 for t in trials)),
             wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
             epochs_trained=trained if full else None, epochs_full=full or None, counted_trials=counted,
         )
@@ -228,7 +230,7 @@ def _glance(facts: _Facts, study: optuna.Study) -> str:
 
     best = facts.best
     if best is not None:
-        fold_f1 = [float(v) for v in best.user_attrs.get("fold_f1", [])]
+        fold_f1 = [float(v) for v in TrialRecord.of(best).fold_f1]
         if fold_f1:
             spread = (f"± {np.std(fold_f1):.4f} over {len(fold_f1)} folds "
                       f"(min {min(fold_f1):.4f}, max {max(fold_f1):.4f})")
@@ -378,16 +380,17 @@ def _top_table(facts: _Facts) -> str:
 
     if not facts.top:
         return _skipped("No trial has finished every fold yet, so there is nothing to rank.")
-    n_folds = max([facts.folds or 0] + [len(t.user_attrs.get("fold_f1", ())) for t in facts.top])
+    n_folds = max([facts.folds or 0] + [len(TrialRecord.of(t).fold_f1) for t in facts.top])
     head = (["#", "trial", "macro F1"] + [f"fold {k + 1}" for k in range(n_folds)] + ["± std", "time", "img/s"]
             + facts.params)
     rows = []
     for rank, t in enumerate(facts.top, start=1):
-        folds = [float(v) for v in t.user_attrs.get("fold_f1", [])]
+        r = TrialRecord.of(t)
+        folds = [float(v) for v in r.fold_f1]
         cells = [str(rank), str(t.number), f'<b>{t.value:.4f}</b>']
         cells += [f"{folds[k]:.4f}" if k < len(folds) else "" for k in range(n_folds)]
-        cells += [f"{np.std(folds):.4f}" if folds else "", _duration(t.user_attrs.get("seconds")),
-                  f"{t.user_attrs.get('images_per_second', 0):,.0f}"]
+        cells += [f"{np.std(folds):.4f}" if folds else "", _duration(r.seconds),
+                  f"{r.images_per_second or 0:,.0f}"]
         row = "".join(f"<td>{c}</td>" for c in cells)
         row += "".join(f'<td class="param">{_e(format_value(t.params.get(p, "")))}</td>' for p in facts.params)
         rows.append(f"<tr>{row}</tr>")
@@ -405,7 +408,7 @@ def _best_section(study: optuna.Study, facts: _Facts) -> str:
     best = facts.best
     if best is None:
         return _skipped("No complete trial yet.")
-    confusion = best.user_attrs.get("confusion")
+    confusion = TrialRecord.of(best).confusion
     if not confusion:
         return _skipped(f"Trial {best.number} has no out-of-fold predictions recorded (no `confusion` attribute).")
     matrix = np.asarray(confusion, dtype=np.int64)
@@ -441,42 +444,22 @@ def _best_section(study: optuna.Study, facts: _Facts) -> str:
 def _is_competition(study: optuna.Study, facts: _Facts) -> bool:
     from maskopt.search.export import EXPORT_ATTR
 
-    record = study.user_attrs.get(EXPORT_ATTR) or {}
-    config = _export_config(record)
-    if config.get("layout"):
-        return config["layout"] == "competition"
-    settings = (facts.space or {}).get("study", {})
-    layout = settings.get("layout", "auto")
-    if layout != "auto":
-        return layout == "competition"
-    data = settings.get("data")
-    if data and Path(data).exists():
-        from maskopt.search.data.dataset import detect_layout
-
-        try:
-            return detect_layout(Path(data)) == "competition"
-        except MaskoptError:
-            pass
-    return True  # 18 classes and nothing says otherwise: the competition's
+    layout = study.user_attrs.get(LAYOUT)  # stored by the search
+    if layout is None:  # a study from before maskopt stored it: the export's config, or the space
+        layout = _export_config(study.user_attrs.get(EXPORT_ATTR) or {}).get("layout")
+    if layout is None:
+        layout = (facts.space or {}).get("study", {}).get("layout", "auto")
+    return layout in ("competition", "auto")  # auto: 18 classes and nothing says otherwise
 
 
 def _class_names(study: optuna.Study, facts: _Facts, n: int) -> list[str]:
-    """Class names from the export's config or the study's dataset, else ``class <i>``."""
+    """Class names as the search stored them (or an older study's export config), else ``class <i>``."""
     from maskopt.search.export import EXPORT_ATTR
 
-    config = _export_config(study.user_attrs.get(EXPORT_ATTR) or {})
-    if len(config.get("class_names") or ()) == n:
-        return list(config["class_names"])
-    settings = (facts.space or {}).get("study", {})
-    if settings.get("data") and Path(settings["data"]).exists():
-        from maskopt.search.data.dataset import load_dataset
-
-        try:
-            dataset = load_dataset(settings["data"], layout=settings.get("layout", "auto"))
-            if dataset.num_classes == n:
-                return list(dataset.class_names)
-        except (MaskoptError, OSError):
-            pass
+    for names in (study.user_attrs.get(CLASS_NAMES),
+                  _export_config(study.user_attrs.get(EXPORT_ATTR) or {}).get("class_names")):
+        if len(names or ()) == n:
+            return list(names)
     return [f"class {i}" for i in range(n)]
 
 

@@ -26,6 +26,7 @@ from maskopt.search.study.checkpoints import CheckpointStore
 from maskopt.search.data.prepared import PreparedData
 from maskopt.search.train.models import count_parameters
 from maskopt.search.study.notes import record_trial_note
+from maskopt.search.study import record
 from maskopt.search.study.oof import OutOfFold, save_oof
 from maskopt.search.study.components import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
@@ -35,7 +36,7 @@ from maskopt.search.train.loop import NonFiniteLoss, TrainingData, fast_path, is
 def original_trial_number(trial: optuna.Trial) -> int:
     """The number of the trial this one retries (after its worker died), or its own number."""
     attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
-    return attrs.get("failed_trial", trial.number)
+    return attrs.get(record.RETRIED_FROM, trial.number)
 
 
 def fold_seed(study_seed: int, trial_number: int, fold: int) -> int:
@@ -69,7 +70,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         # First: a retry arrives carrying its dead original's "worker", and another worker's
         # recovery would fail this live trial as dead while that attribute stays.
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(record.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         params = self.space.suggest(trial)
         settings = self.space.study
         folds = self.data.folds(n_folds=settings.folds, seed=settings.seed)
@@ -80,8 +81,8 @@ class Objective:
         started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        trial.set_user_attr("device", str(self.device))
-        trial.set_user_attr("fast_path", fast_path(self.device, settings))
+        trial.set_user_attr(record.DEVICE, str(self.device))
+        trial.set_user_attr(record.FAST_PATH, fast_path(self.device, settings))
         # A retry (its worker died) trains with its original's seeds, so it scores as the
         # original would have, and resumes from the original's checkpoint.
         origin = original_trial_number(trial)
@@ -102,21 +103,21 @@ class Objective:
             epochs_trained = sum(len(d["history"]) for d in done) + (partial["result"]["epochs_trained"] if partial else 0)
             if bar is not None:
                 bar.update(sum(len(d["history"]) for d in done))
-            trial.set_user_attr("resumed", {"from_trial": origin, "fold": first_fold + 1,
+            trial.set_user_attr(record.RESUMED, {"from_trial": origin, "fold": first_fold + 1,
                                             "epochs_inherited": epochs_trained})
         else:
-            trial.set_user_attr("resumed", None)  # a retry carries its original's attributes
+            trial.set_user_attr(record.RESUMED, None)  # a retry carries its original's attributes
         epochs_inherited = epochs_trained
         keep_checkpoint = False
 
-        def record(**extra) -> None:
+        def write_attrs(extra: dict | None = None) -> None:
             attrs = {
-                "fold_f1": [d["f1"] for d in done], "fold_accuracy": [d["accuracy"] for d in done],
-                "best_epoch": [d["best_epoch"] for d in done],
-                "epochs_trained": epochs_trained, "epochs_trained_here": epochs_trained - epochs_inherited,
-                "seconds": round(time.perf_counter() - started, 3),
-                "images_per_second": round(float(np.mean([d["speed"] for d in done])), 1) if done else 0.0,
-                "peak_memory_mb": _peak_memory_mb(self.device), **extra,
+                record.FOLD_F1: [d["f1"] for d in done], record.FOLD_ACCURACY: [d["accuracy"] for d in done],
+                record.BEST_EPOCH: [d["best_epoch"] for d in done],
+                record.EPOCHS_TRAINED: epochs_trained, record.EPOCHS_TRAINED_HERE: epochs_trained - epochs_inherited,
+                record.SECONDS: round(time.perf_counter() - started, 3),
+                record.IMAGES_PER_SECOND: round(float(np.mean([d["speed"] for d in done])), 1) if done else 0.0,
+                record.PEAK_MEMORY_MB: _peak_memory_mb(self.device), **(extra or {}),
             }
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
@@ -157,9 +158,9 @@ class Objective:
                 result, model = self._fit_fold(trial, origin, params, fold_data, fold, on_epoch, on_checkpoint,
                                                fold_resume, bar)
                 total, trainable = count_parameters(model)
-                trial.set_user_attr("param_count", total)
-                trial.set_user_attr("trainable_param_count", trainable)
-                trial.set_user_attr("freeze_depth_effective", model.freeze_depth)
+                trial.set_user_attr(record.PARAM_COUNT, total)
+                trial.set_user_attr(record.TRAINABLE_PARAM_COUNT, trainable)
+                trial.set_user_attr(record.FREEZE_DEPTH_EFFECTIVE, model.freeze_depth)
                 del model
                 done.append({"f1": round(result.best_f1, 6), "accuracy": round(result.best_accuracy, 6),
                              "best_epoch": result.best_epoch, "speed": result.images_per_second,
@@ -169,27 +170,27 @@ class Objective:
                 if per_fold:
                     trial.report(result.best_f1, fold)
                     if fold + 1 < len(folds) and trial.should_prune():
-                        record(pruned_after_folds=fold + 1)
+                        write_attrs({record.PRUNED_AFTER_FOLDS: fold + 1})
                         return float(np.mean([d["f1"] for d in done]))
             fold_f1 = [d["f1"] for d in done]
             scored = fold_of >= 0
             confusion = _confusion(dataset.labels[scored], out_of_fold[scored].argmax(1), dataset.num_classes)
-            record(confusion=confusion)
+            write_attrs({record.CONFUSION: confusion})
             self._save_oof(trial, OutOfFold(out_of_fold, dataset.labels, fold_of, dataset.fingerprint()))
             self._note(trial, params, fold_f1, [d["accuracy"] for d in done], time.perf_counter() - started,
                        [d["speed"] for d in done], confusion)
             return float(np.mean(fold_f1))
         except optuna.TrialPruned as pruned:
-            record(prune_reason=str(pruned))
+            write_attrs({record.PRUNE_REASON: str(pruned)})
             raise
         except NonFiniteLoss as e:
-            record(prune_reason=str(e))
+            write_attrs({record.PRUNE_REASON: str(e)})
             raise optuna.TrialPruned(str(e)) from e
         except KeyboardInterrupt:
             keep_checkpoint = True  # Ctrl-C or SIGTERM (preemption): the rerun resumes from it
             raise
         except Exception as e:
-            record(fail_reason=f"{type(e).__name__}: {e}"[:2000])
+            write_attrs({record.FAIL_REASON: f"{type(e).__name__}: {e}"[:2000]})
             raise
         finally:
             if bar is not None:
@@ -204,7 +205,7 @@ class Objective:
             return None
         state, note = self.checkpoints.load(origin, fingerprint)
         if note is not None:
-            trial.set_user_attr("checkpoint_note", note)
+            trial.set_user_attr(record.CHECKPOINT_NOTE, note)
             self.log(f"warning: trial {trial.number}: {note}")
         return state
 
@@ -238,7 +239,7 @@ class Objective:
         try:
             save_oof(trial, oof, self.artifact_dir)
         except Exception as e:  # a full disk: the trial's score still counts
-            trial.set_user_attr("oof_error", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(record.OOF_ERROR, f"{type(e).__name__}: {e}"[:500])
 
     def _note(self, trial, params: TrialParams, fold_f1, fold_accuracy, seconds, speeds, confusion) -> None:
         """The dashboard note and confusion-matrix artifact; a failure here must not fail the trial."""
@@ -248,7 +249,7 @@ class Objective:
                               class_names=self.data.dataset.class_names, confusion=confusion,
                               artifact_dir=self.artifact_dir)
         except Exception as e:  # a full disk or an unwritable artifact folder: keep the trial's score
-            trial.set_user_attr("note_error", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(record.NOTE_ERROR, f"{type(e).__name__}: {e}"[:500])
 
     def _fit_fold(self, trial, origin: int, params: TrialParams, fold_data: TrainingData, fold: int, on_epoch,
                   on_checkpoint, resume: dict | None, bar):
@@ -268,7 +269,7 @@ class Objective:
         # outside the except clause: the exception's traceback holds the failed attempt's tensors.
         release_memory(self.device)
         half = max(1, params.batch_size // 2)
-        trial.set_user_attr("oom_retry", f"fold {fold + 1}: out of memory at batch {params.batch_size}; "
+        trial.set_user_attr(record.OOM_RETRY, f"fold {fold + 1}: out of memory at batch {params.batch_size}; "
                                          f"retried at {half} x 2 accumulation")
         try:
             return train_fold(params, fold_data, accumulation=2, **kwargs)

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.metrics import f1_score
 
+from maskopt.search.study import record
+
 OFFSET_GRID = np.round(np.linspace(-2.0, 2.0, 81), 10)
 """Offsets tried for each class by :func:`fit_class_offsets`: -2 to 2 in steps of 0.05."""
 OFFSET_PASSES = 3
@@ -440,8 +442,7 @@ def find_label_issues(probs, y, *, image_ids: Sequence, person_ids: Sequence | N
 
 # --- storing a trial's OOF probabilities ----------------------------------------------------
 
-OOF_ATTR = "oof_artifact"
-"""User attribute of a complete trial: the artifact id of its OOF probabilities."""
+OOF_ATTR = record.OOF_ARTIFACT
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,10 @@ import optuna
 from optuna.trial import TrialState
 
 from maskopt.errors import MaskoptError, SpaceError
+from maskopt.search.study import record
+from maskopt.search.study.record import TrialRecord
 
-SPACE_ATTR = "maskopt_space"
+SPACE_ATTR = record.SPACE  # kept as the runner's name for it: tests and benchmarks use it
 OBJECTIVE_NAME = "macro F1"
 SAMPLER_SEED_STRIDE = 1_000
 # A study's name is also its export folder's (exports/<name>): no separators, no "..", no hidden names.
@@ -72,13 +74,8 @@ def counted_trials(study: optuna.Study) -> int:
     (out of memory twice, a bug: ``fail_reason`` is set). A trial left FAIL by a killed or
     interrupted worker does not: it is re-run (by the heartbeat retry, or by the next run).
     """
-    count = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING):
-            count += 1
-        elif t.state == TrialState.FAIL and "fail_reason" in t.user_attrs:
-            count += 1
-    return count
+    counted = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    return sum(t.state in counted or TrialRecord.of(t).failed_on_its_own for t in study.get_trials(deepcopy=False))
 
 
 def _has_waiting(study: optuna.Study) -> bool:
@@ -127,7 +124,7 @@ def recover_dead_trials(study: optuna.Study) -> int:
         recovered = running - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     retry = storage.get_heartbeat_stale_trial_callback() if heartbeat else None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _worker_is_gone(trial.user_attrs.get("worker")):
+        if not _worker_is_gone(TrialRecord.of(trial).worker):
             continue
         try:
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
@@ -250,6 +247,9 @@ def open_search(
     study = create_or_load_study(storage=storage, study_name=settings.name, direction="maximize",
                                  pruner=build_pruner(settings))
     _bind_space(study, space)
+    for key, value in ((record.LAYOUT, data_ready.dataset.layout), (record.CLASS_NAMES, list(data_ready.dataset.class_names))):
+        if study.user_attrs.get(key) != value:  # what every trial shares, for the report and the export
+            study.set_user_attr(key, value)
     study.sampler = build_sampler(settings.sampler, seed=sampler_seed(settings.seed, worker_index, study))
     return OpenedSearch(space, data_ready, study, url, notes)
 
@@ -406,20 +406,20 @@ def _my_lost_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     refuses to record its result (``Cannot tell a FAIL trial``), which is right.
     """
     me = f"{socket.gethostname()}:{os.getpid()}"
-    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == me]
-    if mine and mine[-1].state == TrialState.FAIL and "fail_reason" not in mine[-1].user_attrs:
+    mine = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).worker == me]
+    if mine and mine[-1].state == TrialState.FAIL and not TrialRecord.of(mine[-1]).failed_on_its_own:
         return mine[-1]
     return None
 
 
 def trial_origin(trial: optuna.trial.FrozenTrial) -> int:
     """The number of the trial that ``trial`` retries, or its own."""
-    return trial.system_attrs.get("failed_trial", trial.number)
+    return TrialRecord.of(trial).origin
 
 
 def _retried(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     """True when a retry of ``trial`` is already queued (or has run)."""
-    return any(trial.number in t.system_attrs.get("retry_history", ()) for t in study.get_trials(deepcopy=False))
+    return any(trial.number in t.system_attrs.get(record.RETRY_HISTORY, ()) for t in study.get_trials(deepcopy=False))
 
 
 def _retry_callback(study: optuna.Study):
@@ -462,12 +462,12 @@ def summary_of(study: optuna.Study, storage_url: str, n_trials: int, notes: tupl
     """The ``SearchResult`` of a study as it stands in the storage."""
     from maskopt.storage import redact
 
-    top = tuple(TopTrial(t.number, t.value, tuple(t.user_attrs.get("fold_f1", ())), t.params)
-                for t in top_trials(study, 5))
+    top = tuple(TopTrial(t.number, t.value, TrialRecord.of(t).fold_f1, t.params) for t in top_trials(study, 5))
     reasons: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if "fail_reason" in t.user_attrs:
-            reasons[t.user_attrs["fail_reason"]] = reasons.get(t.user_attrs["fail_reason"], 0) + 1
+        reason = TrialRecord.of(t).fail_reason
+        if reason is not None:
+            reasons[reason] = reasons.get(reason, 0) + 1
     failures = tuple(f"{n} trial{'s' if n > 1 else ''}: {reason}" for reason, n in reasons.items())
     return SearchResult(study.study_name, redact(storage_url), counted_trials(study), n_trials, top, notes, failures)
 
@@ -495,22 +495,22 @@ def _study_part(space_dict) -> dict:
 def top_trials(study: optuna.Study, n: int = 5) -> list[optuna.trial.FrozenTrial]:
     """The best COMPLETE trials that ran every fold, best first."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "pruned_after_folds" not in t.user_attrs]
+                if TrialRecord.of(t).ran_every_fold]
     return sorted(complete, key=lambda t: t.value, reverse=True)[:n]
 
 
 def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     """A few lines per finished trial: number, state, F1, time, reason; parameters wrapped below."""
-    attrs = trial.user_attrs
+    r = TrialRecord.of(trial)
     state = trial.state.name
     if trial.value is not None:
         score = f"F1 {trial.value:.4f}"
-    elif attrs.get("fold_f1"):
-        score = f"F1 {np.mean(attrs['fold_f1']):.4f}*"  # mean of the folds it finished
+    elif r.fold_f1:
+        score = f"F1 {np.mean(r.fold_f1):.4f}*"  # mean of the folds it finished
     else:
         score = "F1   -   "
-    reason = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
-    head = f"trial {trial.number:>3} {state:<8} {score}  {attrs.get('seconds', 0):6.1f}s"
+    reason = r.fail_reason or r.prune_reason or ""
+    head = f"trial {trial.number:>3} {state:<8} {score}  {r.seconds or 0:6.1f}s"
     if reason and state != "COMPLETE":
         head += f"  {reason}"
     return head + "\n" + format_params(trial.params)

@@ -14,6 +14,9 @@ from optuna.trial import TrialState
 from maskopt.cli import cli
 from maskopt.errors import SpaceError
 from maskopt.search.train import loop as training
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.study import record
+from maskopt.search.study.record import TrialRecord
 from maskopt.search.study.runner import SPACE_ATTR, counted_trials, run_search, top_trials
 from maskopt.search.space import load_space, parse_space
 
@@ -81,6 +84,17 @@ def test_study_stores_its_space(main_study):
     study = load(main_study.url, "main")
     assert study.user_attrs[SPACE_ATTR] == load_space(main_study.space_path).to_dict()
     assert study.user_attrs[SPACE_ATTR]["params"]["lr"] == {"low": 1e-8, "high": 0.1, "log": True}
+
+
+def test_study_stores_what_its_trials_share(main_study):
+    """Layout and class names live with the study: the report reads them, never the data on disk."""
+    study = load(main_study.url, "main")
+    dataset = load_dataset(main_study.data)
+    assert study.user_attrs[record.LAYOUT] == "competition"
+    assert study.user_attrs[record.CLASS_NAMES] == list(dataset.class_names)
+    best = TrialRecord.of(top_trials(study, 1)[0])
+    assert best.ran_every_fold and len(best.fold_f1) == 2 and best.oof_artifact
+    assert best.epochs_trained == 2 * 6 and best.origin == best.number
 
 
 def test_search_exports_the_best_trial_when_it_reaches_its_total(main_study):
