@@ -28,10 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm.optim
 import yaml
 
-from maskopt.errors import SpaceError, shorten
+from maskopt.errors import MaskoptError, SpaceError, shorten
+from maskopt.search.data.dataset import LAYOUTS
 from maskopt.search.data.labels import OFFICIAL_AGE_OLD
+from maskopt.search.study.components import PRUNERS, SAMPLERS, build_pruner, build_sampler
+from maskopt.search.train.losses import LOSSES
+from maskopt.search.train.models import HEADS, check_backbone
+from maskopt.search.train.sampling import CLASS_SAMPLERS
 
 # --- parameters ---------------------------------------------------------------------------------
 
@@ -55,15 +61,15 @@ PARAMS: dict[str, ParamSpec] = {
     "weight_decay": ParamSpec(float, 0.05, "decoupled weight decay", low=0.0, high=1.0),
     "batch_size": ParamSpec(int, 32, "training batch size", low=1, high=4096),
     "freeze_depth": ParamSpec(int, 0, "leading backbone stages kept frozen (0 trains all)", low=0, high=16),
-    "sampler": ParamSpec(str, "uniform", "training sampler", choices=("uniform", "balanced")),
+    "sampler": ParamSpec(str, "uniform", "training sampler", choices=tuple(CLASS_SAMPLERS)),
     "aug_strength": ParamSpec(float, 0.0, "augmentation strength (see search/train/augment.py)", low=0.0, high=1.0),
-    "loss": ParamSpec(str, "ce", "training loss", choices=("ce", "focal", "label_smoothing")),
+    "loss": ParamSpec(str, "ce", "training loss", choices=tuple(LOSSES)),
     "optimizer": ParamSpec(str, "adamw", "any timm optimizer name (adamw, sgd, lamb, ...)"),
     "image_size": ParamSpec(int, 64, "side of the square training images, pixels", low=16, high=1024),
     "age_old": ParamSpec(int, OFFICIAL_AGE_OLD, "age where the oldest band starts in training labels",
                          low=57, high=60, competition_only=True),
     "head": ParamSpec(str, "single", "one 18-way head, or three heads (mask, gender, age)",
-                      choices=("single", "multi"), competition_only=True),
+                      choices=HEADS, competition_only=True),
 }
 
 
@@ -111,10 +117,6 @@ class TrialParams:
 
 # --- study settings -----------------------------------------------------------------------------
 
-SAMPLERS = ("tpe", "random", "gp", "qmc", "cmaes")
-PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
-
-
 @dataclass(frozen=True)
 class Component:
     """A sampler or pruner: its name and the keyword options given to its constructor."""
@@ -144,26 +146,6 @@ class StudySettings:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
-
-
-SETTING_DOCS = {
-    "name": "study name in the storage",
-    "data": "dataset folder or CSV file (relative to the current folder)",
-    "layout": "auto, competition, csv or folders",
-    "folds": "person-grouped folds per trial (>= 2)",
-    "epochs": "epochs per fold",
-    "seed": "seed of the sampler, folds and training",
-    "sampler": f"Optuna sampler: {', '.join(SAMPLERS)}",
-    "pruner": f"Optuna pruner: {', '.join(PRUNERS)}",
-    "pretrained": "start from pretrained backbone weights",
-    "weights": "local weights: a file, or a folder with <backbone>.safetensors / .pth",
-    "corrections": "label-corrections CSV (competition only)",
-    "exclude_broken": "leave out persons with missing or unreadable images instead of failing",
-    "warmup_epochs": "linear learning-rate warm-up before the cosine decay, in epochs",
-    "amp": "mixed precision on CUDA (bf16 where supported, else fp16)",
-    "channels_last": "channels-last memory format on CUDA",
-    "compile": "torch.compile the model on CUDA",
-}
 
 
 @dataclass(frozen=True)
@@ -338,11 +320,11 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
         where = f"study.{key}"
         default = getattr(defaults, key)
         if key in ("sampler", "pruner"):
-            values[key] = _parse_component(v, where, value, SAMPLERS if key == "sampler" else PRUNERS, key)
+            values[key] = _parse_component(v, where, value, tuple(SAMPLERS if key == "sampler" else PRUNERS), key)
         elif key in ("data", "weights", "corrections"):
             values[key] = None if value is None else v.typed(value, str, where)
         elif key == "layout":
-            values[key] = v.one_of(value, ("auto", "competition", "csv", "folders"), where)
+            values[key] = v.one_of(value, LAYOUTS, where)
         else:
             values[key] = v.typed(value, type(default), where)
     settings = dataclasses.replace(defaults, **values)
@@ -361,8 +343,6 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
 def _check_components_build(v: _Validator, settings: StudySettings) -> None:
     """Build the sampler and pruner once, so option values their constructors refuse (a
     percentile of 200, a string count) are reported here, before any storage is touched."""
-    from maskopt.search.study.components import build_pruner, build_sampler
-
     builders = {"sampler": lambda: build_sampler(settings.sampler, seed=settings.seed),
                 "pruner": lambda: build_pruner(settings)}
     for key, build in builders.items():
@@ -383,21 +363,44 @@ def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], k
             v.fail(where, value, f"a {kind} name, or a mapping with 'name' and its options")
         name = options.pop("name")
     name = v.one_of(name, names, where if isinstance(value, str) else f"{where}.name")
-    accepted = _component_options(kind, name)
-    for key in options:
+    accepted = _component_parameters(kind, name)
+    for key, value in options.items():
         if key not in accepted:
-            v.fail(f"{where}.{key}", options[key],
-                   f"an option of the {name} {kind}: {', '.join(accepted) or '(none)'}")
+            v.fail(f"{where}.{key}", value, f"an option of the {name} {kind}: {', '.join(accepted) or '(none)'}")
+        expected = _option_kind(accepted[key].default)
+        if expected is not None and not _is_kind(value, expected):
+            v.fail(f"{where}.{key}", value, f"{expected} (the {name} {kind}'s {key})")
     return Component(name, tuple(sorted(options.items())))
+
+
+def _option_kind(default) -> str | None:
+    """What an option with this constructor default must hold; None where the default tells nothing."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    return None
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if kind == "an integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _component_options(kind: str, name: str) -> tuple[str, ...]:
     """Keyword options a sampler or pruner accepts (the seed is the study's, set elsewhere)."""
-    from maskopt.search.study.components import pruner_class, sampler_class
+    return tuple(_component_parameters(kind, name))
 
-    cls = sampler_class(name) if kind == "sampler" else pruner_class(name)
+
+def _component_parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
+    cls = (SAMPLERS if kind == "sampler" else PRUNERS)[name]
     params = inspect.signature(cls.__init__).parameters
-    return tuple(p for p in params if p not in ("self", "seed", "args", "kwargs"))
+    return {n: p for n, p in params.items() if n not in ("self", "seed", "args", "kwargs")}
 
 
 def _parse_dim(v: _Validator, name: str, raw) -> Dimension:
@@ -445,11 +448,6 @@ def _check_value(v: _Validator, spec: ParamSpec, value, where: str):
 
 def _check_registry_names(v: _Validator, dims: dict[str, Dimension]) -> None:
     """Backbone and optimizer names must be ones timm knows."""
-    import timm.optim
-
-    from maskopt.errors import MaskoptError
-    from maskopt.search.train.models import check_backbone
-
     for value in discrete_values(dims["backbone"]):
         if len(value) > 200:  # no timm name is this long; skip the slow closest-name search
             v.fail("params.backbone", value, "a timm backbone name")

@@ -16,31 +16,29 @@ still learns from it; such trials are COMPLETE with ``pruned_after_folds`` set, 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import optuna
 
-from maskopt.search.space import Component, StudySettings
+if TYPE_CHECKING:  # only for annotations: the space module imports these registries
+    from maskopt.search.space import Component, StudySettings
 
-
-def sampler_class(name: str) -> type:
-    return {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "gp": optuna.samplers.GPSampler,
-        "qmc": optuna.samplers.QMCSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-    }[name]
-
-
-def pruner_class(name: str) -> type:
-    return {
-        "median": optuna.pruners.MedianPruner,
-        "percentile": optuna.pruners.PercentilePruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "wilcoxon": optuna.pruners.WilcoxonPruner,
-        "none": optuna.pruners.NopPruner,
-    }[name]
+# The names a space may give (study.sampler, study.pruner); the space refuses any other.
+SAMPLERS: dict[str, type] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+}
+PRUNERS: dict[str, type] = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "wilcoxon": optuna.pruners.WilcoxonPruner,
+    "none": optuna.pruners.NopPruner,
+}
 
 
 def build_sampler(component: Component, *, seed: int) -> optuna.samplers.BaseSampler:
@@ -52,7 +50,7 @@ def build_sampler(component: Component, *, seed: int) -> optuna.samplers.BaseSam
     with warnings.catch_warnings():
         # Some samplers (gp, qmc) are marked experimental; chosen knowingly, a warning per run is noise.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return sampler_class(component.name)(seed=seed, **component.kwargs())
+        return SAMPLERS[component.name](seed=seed, **component.kwargs())
 
 
 def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
@@ -72,7 +70,7 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     with warnings.catch_warnings():
         # Wilcoxon is marked experimental; it is chosen knowingly, and a warning per run is noise.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return pruner_class(settings.pruner.name)(**{**defaults, **settings.pruner.kwargs()})
+        return PRUNERS[settings.pruner.name](**{**defaults, **settings.pruner.kwargs()})
 
 
 def reports_per_fold(settings: StudySettings) -> bool:

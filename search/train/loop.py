@@ -15,13 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from maskopt.search.space import StudySettings, TrialParams
-
-LABEL_SMOOTHING = 0.1
-FOCAL_GAMMA = 2.0
-
+from maskopt.search.train.losses import LOSSES
+from maskopt.search.train.sampling import CLASS_SAMPLERS
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
@@ -64,37 +61,6 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy, focal (gamma 2) or label-smoothed (0.1) cross-entropy."""
-    if name == "ce":
-        return F.cross_entropy
-    if name == "label_smoothing":
-        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
-    if name == "focal":
-        return focal_loss
-    raise ValueError(f"unknown loss {name!r}")
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
-    """Focal loss (Lin et al. 2017): cross-entropy down-weighted on well-classified examples."""
-    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-    return (-((1 - log_p.exp()) ** gamma) * log_p).mean()
-
-
-def epoch_order(labels: np.ndarray, *, sampler: str, generator: torch.Generator) -> torch.Tensor:
-    """Positions into ``labels`` for one epoch.
-
-    ``uniform`` is a permutation; ``balanced`` draws with replacement with weights inversely
-    proportional to class frequency, so every class is seen about equally often.
-    """
-    n = len(labels)
-    if sampler == "uniform":
-        return torch.randperm(n, generator=generator)
-    counts = np.bincount(labels)
-    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
-    return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
 def autocast_dtype(device: torch.device, settings: StudySettings) -> torch.dtype | None:
@@ -186,7 +152,7 @@ def train_fold(
     amp_dtype = autocast_dtype(device, settings)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     augment = BatchAugment(params.aug_strength, image_size=data.images.shape[-1])
-    criterion = loss_function(params.loss)
+    criterion = LOSSES[params.loss]
     train_labels = torch.as_tensor(data.train_labels, device=device)
     train_rows = torch.as_tensor(data.train_rows)
     buffers = BatchBuffers()
@@ -210,7 +176,7 @@ def train_fold(
     for epoch in range(first_epoch, settings.epochs):
         model.train()
         started = time.perf_counter()
-        order = epoch_order(data.train_labels, sampler=params.sampler, generator=generator)
+        order = CLASS_SAMPLERS[params.sampler](data.train_labels, generator)
         loss_sum = torch.zeros((), device=device)
         optimizer.zero_grad(set_to_none=True)
         for step in range(steps):

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from maskopt.cli import cli
 from maskopt.errors import SpaceError
 from maskopt.search.train import loop as training
+from maskopt.search.train.losses import LOSSES
 from maskopt.search.data.dataset import load_dataset
 from maskopt.search.study import record
 from maskopt.search.study.record import TrialRecord
@@ -204,10 +205,10 @@ def test_out_of_memory_is_retried_at_half_batch_then_recorded(gpu_that_fits_8_im
 
 
 def test_non_finite_loss_prunes_with_its_reason(monkeypatch, space_dict, demo_data, cache_dir, tmp_path):
-    def nan_loss(name):
-        return lambda logits, y: torch.nn.functional.cross_entropy(logits, y) * float("nan")
+    def nan_loss(logits, y):
+        return torch.nn.functional.cross_entropy(logits, y) * float("nan")
 
-    monkeypatch.setattr(training, "loss_function", nan_loss)
+    monkeypatch.setitem(LOSSES, "ce", nan_loss)
     space = parse_space(space_dict(study={"data": str(demo_data), "epochs": 2}))
     study, lines = search(space, tmp_path, cache_dir, n_trials=1)
     (trial,) = study.trials

@@ -277,6 +277,23 @@ def test_unknown_sampler_option(write_space, space_dict):
     assert "n_startup_trials" in message
 
 
+@pytest.mark.parametrize("component, key, value, expected", [
+    ("sampler", "n_startup_trials", "4", "an integer"),  # TPE would take the string and fail mid-study
+    ("sampler", "n_startup_trials", True, "an integer"),
+    ("sampler", "constant_liar", "yes", "true or false"),
+    ("pruner", "n_warmup_steps", 1.5, "an integer"),
+])
+def test_component_option_of_the_wrong_type(write_space, space_dict, component, key, value, expected):
+    name = "tpe" if component == "sampler" else "median"
+    message = space_error(write_space, space_dict(study={component: {"name": name, key: value}}))
+    assert f"study.{component}.{key}: got {value!r}; expected {expected}" in message
+
+
+def test_component_option_of_the_right_type_loads(write_space, space_dict):
+    space = load_space(write_space(raw=space_dict(study={"pruner": {"name": "percentile", "percentile": 30}})))
+    assert space.study.pruner.kwargs() == {"percentile": 30}  # an int where the default is a float
+
+
 def test_pruner_option_value_its_constructor_refuses(write_space, space_dict):
     # Found when the pruner is built, which must happen before any storage is touched.
     message = space_error(write_space, space_dict(study={"pruner": {"name": "percentile", "percentile": 200.0}}))
