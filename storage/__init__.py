@@ -7,7 +7,12 @@ never shown (``redact``).
 
 from ._artifacts import DEFAULT_ARTIFACT_DIR, artifact_store
 from ._rdb import open_storage
-from ._studies import StudySummary, create_or_load_study, list_studies, load_existing_study
+from ._studies import (
+    StudySummary,
+    create_or_load_study,
+    list_studies,
+    load_existing_study,
+)
 from ._urls import DEFAULT_STORAGE_URL, redact, resolve_url
 
 __all__ = [

@@ -10,6 +10,7 @@ from datetime import datetime
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
+from optuna.storages._rdb.models import TrialModel
 from optuna.trial import TrialState
 
 from maskopt.errors import StorageError
@@ -199,7 +200,6 @@ def list_studies(storage: optuna.storages.RDBStorage) -> list[StudySummary]:
     """
     # The `trials` table of Optuna's own models (private, but what RDBStorage itself queries):
     # its column names and state decoding hold on every backend and Optuna version.
-    from optuna.storages._rdb.models import TrialModel
 
     trials = TrialModel.__table__.c
     with storage.engine.connect() as connection:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, quote_plus
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import NoSuchModuleError
+
 from maskopt.errors import StorageError
 
 DEFAULT_STORAGE_URL = "sqlite:///maskopt.db"
@@ -91,7 +94,6 @@ def _scrub(text: str, url: str) -> str:
 
 
 def _password_of(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).password
@@ -101,7 +103,6 @@ def _password_of(url: str) -> str | None:
 
 def _parse(url: str):
     """The sqlalchemy URL for ``url``; a StorageError if unsupported or unparsable."""
-    from sqlalchemy.engine import make_url
 
     if "://" not in url:
         raise StorageError(
@@ -133,7 +134,6 @@ def _with_driver(url: str) -> str:
     A URL that names a driver must use that one; a URL that names none gets the first
     installed one of ``_DRIVER_PREFERENCE``.
     """
-    from sqlalchemy.exc import NoSuchModuleError
 
     parsed = _parse(url)
     backend = parsed.get_backend_name()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm.auto import tqdm
 
 CACHE_FORMAT = 1  # bump when the stored pixels change meaning
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "maskopt"
@@ -85,7 +86,6 @@ def load_images(paths, *, image_size: int, cache_dir: str | Path | None = None, 
 
 
 def _build(paths, image_size, array_path: Path, meta_path: Path, *, progress: bool, threads) -> None:
-    from tqdm.auto import tqdm
 
     tmp_array = array_path.with_suffix(f".tmp{os.getpid()}.npy")
     out = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint8, shape=(len(paths), 3, image_size, image_size))

@@ -34,12 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from maskopt.search.data.labels import (
+    GENDERS,
+    MASK_OF_STEM,
+    NUM_CLASSES,
+    STEMS,
+    age_band,
+    encode,
+)
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from maskopt.errors import DataError
-
-from maskopt.search.data.labels import GENDERS, MASK_OF_STEM, NUM_CLASSES, STEMS, age_band, encode
 
 RACE = "Asian"
 TRAIN_HEADER = ("id", "gender", "race", "age", "path")

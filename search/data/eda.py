@@ -8,11 +8,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
-
-from maskopt.errors import shorten
 from maskopt.search.data import labels as L
 from maskopt.search.data.dataset import ImageDataset
+from PIL import Image, ImageDraw, ImageOps
+
+from maskopt.errors import shorten
 
 AGE_BINS = (18, 20, 25, 30, 35, 40, 45, 50, 55, 58, 60, 61)
 
@@ -71,7 +74,6 @@ def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
 
 
 def _too_many_pixels(width: int, height: int) -> bool:
-    from PIL import Image
 
     return Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS
 
@@ -83,7 +85,6 @@ def _probe(path) -> tuple[tuple[int, int] | None, str | None]:
     warns between one and two times it; both count as unreadable here, since decoding such a
     file (a tiny PNG can claim 20000x20000 pixels) would take gigabytes.
     """
-    from PIL import Image
 
     try:
         with warnings.catch_warnings():
@@ -133,10 +134,8 @@ def _age_histogram(dataset: ImageDataset) -> dict[str, int]:
 def write_eda_files(summary: DatasetSummary, dataset: ImageDataset, out: str | Path, *, samples_per_class: int = 4,
                     seed: int = 0) -> list[Path]:
     """Write ``summary.json`` and PNG plots (class counts, age histogram, sample grid) to ``out``."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +172,6 @@ def _sample_grid(dataset: ImageDataset, samples_per_class: int, rng: np.random.G
 
     Drawn with Pillow: matplotlib takes seconds to lay out the 72 small axes of 18 classes.
     """
-    from PIL import Image, ImageDraw, ImageOps
 
     cell = thumb + 4
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))

@@ -10,11 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from maskopt.search.data.cache import load_images
+from maskopt.search.data.dataset import (
+    EXCLUDE_BROKEN_HINT,
+    ImageDataset,
+    format_problems,
+)
+from maskopt.search.data.folds import person_folds
 
 from maskopt.errors import DataError
-from maskopt.search.data.cache import load_images
-from maskopt.search.data.dataset import EXCLUDE_BROKEN_HINT, ImageDataset, format_problems
-from maskopt.search.data.folds import person_folds
 
 
 @dataclass
@@ -40,7 +45,6 @@ class PreparedData:
 
         On CUDA the tensor lives on the GPU, so batches are gathered and augmented there.
         """
-        import torch
 
         key = (image_size, str(device))
         if key not in self._tensors:

@@ -19,13 +19,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-
-from maskopt.errors import ExportError, SpaceError
+import optuna
 from maskopt.search.data import labels as L
-from maskopt.search.study.record import TrialRecord
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.data.prepared import prepare_data
 from maskopt.search.export.predict import (
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -34,6 +35,29 @@ from maskopt.search.export.predict import (
     predict_images,
     write_submission,
 )
+from maskopt.search.space import parse_space
+from maskopt.search.study.objective import fold_seed, release_memory
+from maskopt.search.study.oof import (
+    caruana_ensemble,
+    fit_class_offsets,
+    load_oof,
+    nested_offset_gain,
+)
+from maskopt.search.study.record import TrialRecord
+from maskopt.search.study.runner import (
+    SPACE_ATTR,
+    check_study_name,
+    setup_torch,
+    top_trials,
+    trial_origin,
+)
+from maskopt.search.train.loop import TrainingData, mean_std, train_fold, train_full
+from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
+from optuna_dashboard import save_note
+from safetensors.torch import save_model
+from tqdm.auto import tqdm
+
+from maskopt.errors import ExportError, SpaceError
 
 EXPORT_ATTR = "maskopt_export"
 
@@ -119,12 +143,6 @@ def export_best(
         ExportError: No such study, no complete trial, no stored out-of-fold predictions for
             ``ensemble`` or ``calibrate``, or the folder exists without ``force``.
     """
-    from maskopt.search.data.prepared import prepare_data
-    from maskopt.search.data.dataset import load_dataset
-    from maskopt.search.study.objective import release_memory
-    from maskopt.search.study.runner import SPACE_ATTR, check_study_name, setup_torch, top_trials
-    from maskopt.search.space import parse_space
-    from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
 
     if ensemble < 1:
         raise ExportError(f"the ensemble size must be at least 1, got {ensemble}")
@@ -232,12 +250,7 @@ def _export_trial(folder: Path, trial, params, settings, prepared, device, study
 
     Retraining uses the trial's original seeds (a retried trial's are its original's).
     """
-    from safetensors.torch import save_model
-    from tqdm.auto import tqdm
 
-    from maskopt.search.study.objective import fold_seed
-    from maskopt.search.study.runner import trial_origin
-    from maskopt.search.train.loop import TrainingData, mean_std, train_fold, train_full
 
     dataset = prepared.dataset
     images = prepared.images(params.image_size, device)
@@ -297,7 +310,6 @@ def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
     Raises:
         ExportError: The best trial has none: without them there is nothing to select or fit on.
     """
-    from maskopt.search.study.oof import load_oof
 
     fingerprint = dataset.fingerprint()
     oofs = []
@@ -314,7 +326,6 @@ def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
 
 def _select_ensemble(candidates, oofs, size: int, num_classes: int):
     """Caruana selection among the candidates with OOF; returns (member trials, weights, report)."""
-    from maskopt.search.study.oof import caruana_ensemble
 
     usable = [(t, oof) for t, oof in zip(candidates, oofs) if oof is not None]
     labels = usable[0][1].labels
@@ -328,7 +339,6 @@ def _select_ensemble(candidates, oofs, size: int, num_classes: int):
 
 def _calibrate(blend: np.ndarray, best_oof, num_classes: int) -> CalibrationReport:
     """Offsets fitted on all OOF rows; their gain estimated by fitting on the other folds."""
-    from maskopt.search.study.oof import fit_class_offsets, nested_offset_gain
 
     log_probs = np.log(np.clip(blend, 1e-7, None))
     gain = nested_offset_gain(log_probs, best_oof.labels, best_oof.folds, n_classes=num_classes)
@@ -363,8 +373,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def _record_export(study, best, out: Path, storage, config: dict) -> None:
     """Note the export on the trial and the study, so optuna-dashboard shows it."""
-    import optuna
-    from optuna_dashboard import save_note
 
     record = {"trial": best.number, "path": str(out.resolve()), "cv_macro_f1": best.value,
               "models": config["models"], "tta": config["tta"]}
@@ -376,7 +384,6 @@ def _record_export(study, best, out: Path, storage, config: dict) -> None:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
 
     return {name: version(name) for name in ("maskopt", "timm", "torch", "optuna")}
 

@@ -9,9 +9,21 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
+from maskopt.search.data import labels as L
+from maskopt.search.data.cache import load_images
+from maskopt.search.data.dataset import (
+    detect_layout,
+    format_problems,
+    load_dataset,
+    load_eval,
+)
+from maskopt.search.study.runner import setup_torch
+from maskopt.search.train.loop import predict_rows
+from maskopt.search.train.models import HEADS, build_model, check_backbone
+from safetensors.torch import load_model
 
 from maskopt.errors import DataError, ExportError, MaskoptError, shorten
-from maskopt.search.data import labels as L
 
 CONFIG_FILE = "config.json"
 EXPORT_FORMAT = "maskopt-export/1"
@@ -20,7 +32,6 @@ SUBMISSION_FILE = "submission.csv"
 
 def eval_set_of(data_path: Path, layout: str):
     """Competition eval ids and paths, or None for layouts without an eval folder."""
-    from maskopt.search.data.dataset import load_eval
 
     if layout != "competition":
         return None
@@ -35,9 +46,7 @@ def load_export(model_dir: str | Path, device) -> tuple[dict, list]:
         ExportError: The config is invalid (see :func:`read_config`) or a weights file does not
             load into the model it describes (truncated, not safetensors, other shapes).
     """
-    from safetensors.torch import load_model
 
-    from maskopt.search.train.models import build_model
 
     config = read_config(model_dir, allow_members=False)
     models = []
@@ -166,7 +175,6 @@ def read_config(model_dir: str | Path, *, allow_members: bool = True) -> dict:
     backbone = config.get("backbone")
     if not isinstance(backbone, str) or not 0 < len(backbone) <= 200:
         raise bad("backbone", "a timm model name")
-    from maskopt.search.train.models import HEADS, check_backbone
 
     try:
         check_backbone(backbone)
@@ -223,11 +231,7 @@ def predict_probs(model_dir: str | Path, paths, *, device, tta: bool, cache_dir:
         return sum(m["weight"] / total * predict_probs(Path(model_dir) / m["folder"], paths, device=device, tta=tta,
                                                        cache_dir=cache_dir, progress=progress)
                    for m in config["members"])
-    import torch
 
-    from maskopt.search.data.cache import load_images
-    from maskopt.search.data.dataset import format_problems
-    from maskopt.search.train.loop import predict_rows
 
     config, models = load_export(model_dir, device)
     cache = load_images(paths, image_size=config["image_size"], cache_dir=cache_dir, progress=progress)
@@ -252,8 +256,6 @@ def predict(*, model_dir: str | Path, data: str | Path, out: str | Path | None =
     Returns:
         The file written (default ``<model_dir>/predictions.csv``).
     """
-    from maskopt.search.data.dataset import detect_layout, load_dataset
-    from maskopt.search.study.runner import setup_torch
 
     data = Path(data)
     config = read_config(model_dir)  # checked before the device is set up or any data is read

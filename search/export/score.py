@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from maskopt.errors import ExportError, shorten
 from maskopt.search.data import labels as L
 from maskopt.search.export.predict import _read_capped, _show
+from maskopt.search.train.loop import macro_f1
+from sklearn.metrics import confusion_matrix, f1_score
+
+from maskopt.errors import ExportError, shorten
+
 
 @dataclass(frozen=True)
 class Score:
@@ -47,9 +50,7 @@ def score_submission(submission: str | Path, solution: str | Path) -> Score:
         ExportError: Missing files, wrong headers, values outside 0..17, or ids that differ
             from the solution's (in count or order).
     """
-    from sklearn.metrics import confusion_matrix, f1_score
 
-    from maskopt.search.train.loop import macro_f1
 
     sub_ids, predicted = _read_answers(Path(submission))
     sol_ids, truth = _read_answers(Path(solution))

@@ -17,7 +17,9 @@ plotly.js is inlined once in the page head and every figure draws with it. Secti
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import math
 import os
@@ -28,11 +30,33 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from maskopt.search.data import labels as L
+from maskopt.search.export import (
+    CONFIG_FILE,
+    EXPORT_ATTR,
+    SUBMISSION_FILE,
+    score_submission,
+)
+from maskopt.search.report.label_issues import study_label_issues
+from maskopt.search.study.record import CLASS_NAMES, LAYOUT, TrialRecord
+from maskopt.search.study.runner import (
+    OBJECTIVE_NAME,
+    SPACE_ATTR,
+    format_value,
+    top_trials,
+)
+from maskopt.storage import (
+    DEFAULT_ARTIFACT_DIR,
+    load_existing_study,
+    open_storage,
+    redact,
+    resolve_url,
+)
 from optuna.trial import FrozenTrial, TrialState
+from PIL import Image
+from plotly.offline import get_plotlyjs
 
 from maskopt.errors import ExportError, MaskoptError
-from maskopt.search.data import labels as L
-from maskopt.search.study.record import CLASS_NAMES, LAYOUT, TrialRecord
 
 TOP_N = 10
 SUSPECTS_SHOWN = 24
@@ -71,7 +95,6 @@ def write_report(*, storage_url: str | None, study_name: str | None = None, out:
         >>> write_report(storage_url="sqlite:///maskopt.db", study_name="demo", out="demo.html")
         PosixPath('demo.html')
     """
-    from maskopt.storage import load_existing_study, open_storage, redact, resolve_url
 
     if solution is not None and not Path(solution).is_file():
         raise ExportError(f"solution file {solution} does not exist; give the competition's solution.csv "
@@ -125,7 +148,6 @@ class _Facts:
 
     @classmethod
     def of(cls, study: optuna.Study) -> _Facts:
-        from maskopt.search.study.runner import SPACE_ATTR, top_trials
 
         trials = study.get_trials(deepcopy=False)
         by_state = {s.name: sum(t.state == s for t in trials) for s in _STATES}
@@ -160,7 +182,6 @@ class _Facts:
 
 
 def _page(study: optuna.Study, facts: _Facts, url: str, export: str, suspects: str = "") -> str:
-    from plotly.offline import get_plotlyjs
 
     sections = [
         ("history", "Optimisation history", _plot_section(_history_figure, study, facts)),
@@ -308,7 +329,6 @@ def _need_complete(facts: _Facts, n: int = 1) -> None:
 
 
 def _history_figure(study, facts):
-    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     _need_complete(facts)
     figure = optuna.visualization.plot_optimization_history(study, target_name=OBJECTIVE_NAME)
@@ -318,7 +338,6 @@ def _history_figure(study, facts):
 
 
 def _importance_figure(study, facts):
-    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     _need_complete(facts, 2)
     varying = [p for p in facts.params
@@ -335,7 +354,6 @@ def _importance_figure(study, facts):
 
 
 def _parallel_figure(study, facts):
-    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     _need_complete(facts)
     if not facts.params:
@@ -352,7 +370,6 @@ def _intermediate_figure(study, facts):
 
 
 def _slice_section(study: optuna.Study, facts: _Facts) -> str:
-    from maskopt.search.study.runner import OBJECTIVE_NAME
 
     try:
         _need_complete(facts)
@@ -376,7 +393,6 @@ def _slice_section(study: optuna.Study, facts: _Facts) -> str:
 
 
 def _top_table(facts: _Facts) -> str:
-    from maskopt.search.study.runner import format_value
 
     if not facts.top:
         return _skipped("No trial has finished every fold yet, so there is nothing to rank.")
@@ -442,7 +458,6 @@ def _best_section(study: optuna.Study, facts: _Facts) -> str:
 
 
 def _is_competition(study: optuna.Study, facts: _Facts) -> bool:
-    from maskopt.search.export import EXPORT_ATTR
 
     layout = study.user_attrs.get(LAYOUT)  # stored by the search
     if layout is None:  # a study from before maskopt stored it: the export's config, or the space
@@ -454,7 +469,6 @@ def _is_competition(study: optuna.Study, facts: _Facts) -> bool:
 
 def _class_names(study: optuna.Study, facts: _Facts, n: int) -> list[str]:
     """Class names as the search stored them (or an older study's export config), else ``class <i>``."""
-    from maskopt.search.export import EXPORT_ATTR
 
     for names in (study.user_attrs.get(CLASS_NAMES),
                   _export_config(study.user_attrs.get(EXPORT_ATTR) or {}).get("class_names")):
@@ -464,7 +478,6 @@ def _class_names(study: optuna.Study, facts: _Facts, n: int) -> list[str]:
 
 
 def _export_config(record: dict) -> dict:
-    from maskopt.search.export import CONFIG_FILE
 
     path = Path(record["path"]) / CONFIG_FILE if record.get("path") else None
     if path is None or not path.is_file():
@@ -508,8 +521,6 @@ def _matrix_table(matrix: np.ndarray, names: list[str], *, f1: np.ndarray, compa
 
 
 def _suspects_section(study: optuna.Study, artifact_dir) -> str:
-    from maskopt.search.report.label_issues import study_label_issues
-    from maskopt.storage import DEFAULT_ARTIFACT_DIR
 
     folder = artifact_dir if artifact_dir is not None else DEFAULT_ARTIFACT_DIR
     try:
@@ -543,10 +554,7 @@ def _suspects_section(study: optuna.Study, artifact_dir) -> str:
 
 def _thumbnail(path: Path) -> str | None:
     """A small JPEG of an image as base64, or None when it cannot be read."""
-    import base64
-    import io
 
-    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -565,7 +573,6 @@ def _thumbnail(path: Path) -> str | None:
 
 
 def _export_section(study: optuna.Study, solution: str | Path | None) -> str:
-    from maskopt.search.export import EXPORT_ATTR, SUBMISSION_FILE, score_submission
 
     record = study.user_attrs.get(EXPORT_ATTR)
     if not record:

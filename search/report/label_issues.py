@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from maskopt.search.data import labels as L
+from maskopt.search.data.dataset import _read_corrections, load_dataset
+from maskopt.search.space import parse_space
+from maskopt.search.study.oof import find_label_issues, load_oof, macro_f1
+from maskopt.search.study.runner import SPACE_ATTR, top_trials
+from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
 
 from maskopt.errors import MaskoptError
-from maskopt.search.data import labels as L
 
 MAX_TRIALS = 50
 """Most complete trials looked at for stored OOF predictions (best first)."""
@@ -164,7 +170,6 @@ def find_study_label_issues(
             stored OOF predictions for this dataset in ``artifact_dir``.
         DataError: The dataset cannot be read.
     """
-    from maskopt.storage import load_existing_study, open_storage
 
     storage = open_storage(storage_url, heartbeat_interval=None, create=False)  # a typo must not make a file
     study = load_existing_study(storage=storage, study_name=study_name)
@@ -174,11 +179,6 @@ def find_study_label_issues(
 def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, limit: int | None = None,
                        dataset=None) -> LabelIssueReport:
     """:func:`find_study_label_issues` of a loaded study (``dataset``: already loaded, optional)."""
-    from maskopt.search.data.dataset import _read_corrections, load_dataset
-    from maskopt.search.study.oof import find_label_issues, load_oof, macro_f1
-    from maskopt.search.study.runner import SPACE_ATTR, top_trials
-    from maskopt.search.space import parse_space
-    from maskopt.storage import DEFAULT_ARTIFACT_DIR
 
     if top < 1:
         raise LabelIssuesError(f"--top must be at least 1, got {top}")
@@ -224,7 +224,6 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
 
     probs = np.mean([o.probs for o in oofs], axis=0)
     labels = dataset.labels
-    import warnings
 
     try:
         with warnings.catch_warnings():  # cleanlab warns about small classes, which tiny studies always have

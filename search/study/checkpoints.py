@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from sqlalchemy.engine import make_url
 
 CHECKPOINT_FORMAT = "maskopt-trial-checkpoint/1"
 DEFAULT_FOLDER = "maskopt-checkpoints"
@@ -34,7 +35,6 @@ def default_checkpoint_dir(storage_url: str) -> Path:
     retry on the same machine resumes, one on another machine starts from zero. Workers on
     several machines resume each other's trials only with ``--checkpoints`` on a shared folder.
     """
-    from sqlalchemy.engine import make_url
 
     url = make_url(storage_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":

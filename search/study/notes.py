@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from maskopt.storage import artifact_store
+from matplotlib.figure import Figure
+from optuna_dashboard import save_note
 
 
 def record_trial_note(
@@ -50,7 +53,6 @@ def record_trial_note(
         ...                   seconds=93.0, images_per_second=640.0, class_names=names, confusion=matrix,
         ...                   artifact_dir="maskopt-artifacts")
     """
-    from optuna_dashboard import save_note
 
     matrix = np.asarray(confusion, dtype=np.int64)
     save_note(trial, trial_note(trial.number, params=params, fold_f1=fold_f1, fold_accuracy=fold_accuracy,
@@ -58,7 +60,6 @@ def record_trial_note(
     if artifact_dir is None:
         return None
 
-    from maskopt.storage import artifact_store
 
     with tempfile.TemporaryDirectory(prefix="maskopt-note-") as tmp:
         # The file's name is what the dashboard lists, so it says what and which trial.
@@ -91,7 +92,6 @@ def trial_note(number: int, *, params: dict, fold_f1: Sequence[float], fold_accu
 def confusion_png(matrix: np.ndarray, class_names: list[str], path: str | Path, *, title: str) -> Path:
     """Draw a confusion matrix (counts, shaded by share of the row) to a PNG file."""
     # A bare Figure, not pyplot: no global backend or figure registry touched inside a worker.
-    from matplotlib.figure import Figure
 
     n = len(matrix)
     if len(class_names) != n:

@@ -21,16 +21,22 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-
-from maskopt.search.study.checkpoints import CheckpointStore
 from maskopt.search.data.prepared import PreparedData
-from maskopt.search.train.models import count_parameters
-from maskopt.search.study.notes import record_trial_note
-from maskopt.search.study import record
-from maskopt.search.study.oof import OutOfFold, save_oof
-from maskopt.search.study.components import reports_per_fold
 from maskopt.search.space import SearchSpace, TrialParams
-from maskopt.search.train.loop import NonFiniteLoss, TrainingData, fast_path, is_out_of_memory, train_fold
+from maskopt.search.study import record
+from maskopt.search.study.checkpoints import CheckpointStore
+from maskopt.search.study.components import reports_per_fold
+from maskopt.search.study.notes import record_trial_note
+from maskopt.search.study.oof import OutOfFold, save_oof
+from maskopt.search.train.loop import (
+    NonFiniteLoss,
+    TrainingData,
+    fast_path,
+    is_out_of_memory,
+    train_fold,
+)
+from maskopt.search.train.models import count_parameters
+from sklearn.metrics import confusion_matrix
 
 
 def original_trial_number(trial: optuna.Trial) -> int:
@@ -295,6 +301,5 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
-    from sklearn.metrics import confusion_matrix
 
     return confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()

@@ -15,14 +15,19 @@ Every score here is :func:`macro_f1`, the competition's metric, over all ``n_cla
 
 from __future__ import annotations
 
+import io
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.metrics import f1_score
-
+import optuna
+from cleanlab.filter import find_label_issues as cleanlab_find
 from maskopt.search.study import record
+from maskopt.storage import artifact_store
+from sklearn.metrics import f1_score
 
 OFFSET_GRID = np.round(np.linspace(-2.0, 2.0, 81), 10)
 """Offsets tried for each class by :func:`fit_class_offsets`: -2 to 2 in steps of 0.05."""
@@ -424,7 +429,6 @@ def find_label_issues(probs, y, *, image_ids: Sequence, person_ids: Sequence | N
     compact = compact / sums
     compact_y = np.searchsorted(present, y)
 
-    from cleanlab.filter import find_label_issues as cleanlab_find  # slow import, only when used
 
     ranked = cleanlab_find(compact_y, compact, return_indices_ranked_by="self_confidence", n_jobs=1)
     predicted = probs.argmax(axis=1)
@@ -464,12 +468,8 @@ class OutOfFold:
 
 def save_oof(trial, oof: OutOfFold, artifact_dir) -> str:
     """Upload ``oof`` as an artifact of ``trial`` (``oof-trial-<n>.npz``) and record its id."""
-    import tempfile
-    from pathlib import Path
 
-    import optuna
 
-    from maskopt.storage import artifact_store
 
     with tempfile.TemporaryDirectory(prefix="maskopt-oof-") as tmp:
         path = Path(tmp) / f"oof-trial-{trial.number}.npz"
@@ -484,9 +484,7 @@ def save_oof(trial, oof: OutOfFold, artifact_dir) -> str:
 
 def load_oof(trial, artifact_dir) -> OutOfFold | None:
     """The stored OOF predictions of a (frozen) trial, or None when it has none or they are gone."""
-    import io
 
-    from maskopt.storage import artifact_store
 
     artifact_id = trial.user_attrs.get(OOF_ATTR)
     if not isinstance(artifact_id, str):

@@ -12,6 +12,8 @@ import os
 import re
 import signal
 import socket
+import textwrap
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -20,11 +22,20 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.data.prepared import prepare_data
+from maskopt.search.space import discrete_values
+from maskopt.search.study import record
+from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
+from maskopt.search.study.components import build_pruner, build_sampler
+from maskopt.search.study.objective import Objective
+from maskopt.search.study.record import TrialRecord
+from maskopt.storage import create_or_load_study, open_storage, redact, resolve_url
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 from maskopt.errors import MaskoptError, SpaceError
-from maskopt.search.study import record
-from maskopt.search.study.record import TrialRecord
 
 SPACE_ATTR = record.SPACE  # kept as the runner's name for it: tests and benchmarks use it
 OBJECTIVE_NAME = "macro F1"
@@ -171,7 +182,6 @@ def setup_torch(device: str, threads: int | None = None):
     one). Oversubscribed torch threads spin-wait: two 2-thread processes on 2 cores were measured
     at 7 img/s against 370 img/s for one thread each, so a busy machine gets fewer threads.
     """
-    import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         raise MaskoptError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu or auto")
@@ -213,11 +223,6 @@ def open_search(
     Everything that can be wrong with the space or the data is found before the storage is
     touched. Arguments are those of ``run_search``.
     """
-    from maskopt.search.data.prepared import prepare_data
-    from maskopt.search.data.dataset import load_dataset
-    from maskopt.search.study.components import build_pruner, build_sampler
-    from maskopt.search.space import discrete_values
-    from maskopt.storage import create_or_load_study, open_storage, resolve_url
 
     overrides = {"data": str(data) if data else None, "name": study_name, "seed": seed,
                  "exclude_broken": exclude_broken}
@@ -307,8 +312,6 @@ def run_search(
             different space.
         SearchInterrupted: Ctrl-C or SIGTERM; the running trial is marked FAIL.
     """
-    from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
-    from maskopt.search.study.objective import Objective
 
     if n_trials < 1:
         raise MaskoptError(f"--trials must be at least 1, got {n_trials}")
@@ -321,7 +324,6 @@ def run_search(
     settings = space.study
     torch_device = setup_torch(device, threads)
 
-    from tqdm.auto import tqdm
 
     if checkpoints is False:
         store = None
@@ -460,7 +462,6 @@ def _wait_for_running_trials(study: optuna.Study, n_trials: int, deadline: float
 
 def summary_of(study: optuna.Study, storage_url: str, n_trials: int, notes: tuple[str, ...] = ()) -> SearchResult:
     """The ``SearchResult`` of a study as it stands in the storage."""
-    from maskopt.storage import redact
 
     top = tuple(TopTrial(t.number, t.value, TrialRecord.of(t).fold_f1, t.params) for t in top_trials(study, 5))
     reasons: dict[str, int] = {}
@@ -518,7 +519,6 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
 
 def format_params(params: dict, *, width: int = 80, indent: str = "    ") -> str:
     """``name=value`` pairs wrapped to ``width`` columns."""
-    import textwrap
 
     text = " ".join(f"{k}={format_value(v)}" for k, v in params.items())
     return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
@@ -546,6 +546,5 @@ class _sigterm_as_interrupt:
 
 
 def _main_thread() -> bool:
-    import threading
 
     return threading.current_thread() is threading.main_thread()

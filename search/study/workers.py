@@ -46,7 +46,12 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
         SearchInterrupted: Ctrl-C or SIGTERM; each worker marked its running trial FAIL.
         MaskoptError: A worker failed.
     """
-    from maskopt.search.study.runner import SearchInterrupted, free_cores, open_search, summary_of
+    from maskopt.search.study.runner import (
+        SearchInterrupted,
+        free_cores,
+        open_search,
+        summary_of,
+    )
     from maskopt.storage import redact, resolve_url
 
     url = resolve_url(storage_url)

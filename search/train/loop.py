@@ -14,11 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import timm.data
+import timm.optim
+import timm.scheduler
 import torch
-
 from maskopt.search.space import StudySettings, TrialParams
+from maskopt.search.train.augment import BatchAugment
 from maskopt.search.train.losses import LOSSES
+from maskopt.search.train.models import build_model
 from maskopt.search.train.sampling import CLASS_SAMPLERS
+from sklearn.metrics import f1_score
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
@@ -119,11 +125,7 @@ def train_fold(
     Raises:
         NonFiniteLoss: The loss became NaN or infinite.
     """
-    import timm.optim
-    import timm.scheduler
 
-    from maskopt.search.train.augment import BatchAugment
-    from maskopt.search.train.models import build_model
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -256,7 +258,6 @@ def train_full(params: TrialParams, images: torch.Tensor, labels: np.ndarray, *,
 
 def mean_std(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation mean and std from timm's data config of the backbone."""
-    import timm.data
 
     config = timm.data.resolve_model_data_config(model.model)
     return tuple(config["mean"]), tuple(config["std"])
@@ -331,6 +332,5 @@ def predict_rows(model: torch.nn.Module, images: torch.Tensor, rows: np.ndarray,
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Macro F1 over the classes present in truth or prediction (zero_division=0)."""
-    from sklearn.metrics import f1_score
 
     return float(f1_score(y_true, y_pred, average="macro", zero_division=0))

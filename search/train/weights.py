@@ -29,7 +29,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
+from maskopt.search.train.models import check_backbone
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from maskopt.errors import MaskoptError
 
@@ -84,7 +88,6 @@ def import_weights(src: str | Path, backbone: str, out_dir: str | Path, *, force
             position, both keys and shapes, and both counts); or an existing different
             output file without ``force``.
     """
-    from maskopt.search.train.models import check_backbone
 
     src = Path(src).expanduser()
     out_dir = Path(out_dir).expanduser()
@@ -118,8 +121,6 @@ def _read_source(src: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     if not src.is_file():
         raise MaskoptError(f"checkpoint {src} is not a file; give the path of a .pth/.pt/.bin/.safetensors file")
     if src.name.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             return _plain_state_dict(load_file(str(src), device="cpu"), src, None), None
@@ -189,7 +190,6 @@ def _first_line(error: Exception) -> str:
 
 def _target(backbone: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The timm model's state dict (with its default head) and its classifier's tensor names."""
-    import timm
 
     model = timm.create_model(backbone, pretrained=False)
     target = model.state_dict()
@@ -293,7 +293,6 @@ def _shape(tensor: torch.Tensor) -> str:
 
 
 def _write(state: dict[str, torch.Tensor], path: Path, *, force: bool, metadata: dict) -> tuple[Path, bool]:
-    from safetensors.torch import save_file
 
     out_dir = path.parent
     if out_dir.exists() and not out_dir.is_dir():
@@ -327,7 +326,6 @@ def _write(state: dict[str, torch.Tensor], path: Path, *, force: bool, metadata:
 
 def _same_weights(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
     """Whether the safetensors file ``path`` holds exactly ``tensors`` (its bytes may differ: metadata order)."""
-    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:

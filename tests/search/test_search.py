@@ -223,9 +223,9 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(monkeypatch, pruning_from_
                                                       cache_dir, tmp_path):
     """2 folds x 2 epochs = steps 0-3. A pruner that stops every trial from step 2 on stops this one
     at step 2; from step 3, the last, there is nothing left to save and the trial completes."""
-    from maskopt.search.study import components as pruning
+    from maskopt.search.study import runner
 
-    monkeypatch.setattr(pruning, "build_pruner", lambda settings: optuna.pruners.ThresholdPruner(
+    monkeypatch.setattr(runner, "build_pruner", lambda settings: optuna.pruners.ThresholdPruner(
         lower=2.0, n_warmup_steps=pruning_from_step))
     space = parse_space(space_dict(study={"data": str(demo_data), "epochs": 2}))
     study, _ = search(space, tmp_path, cache_dir, n_trials=1)
