@@ -34,7 +34,9 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
 
     from maskopt.search.space import StudySettings, TrialParams
     from maskopt.search.train.models import count_parameters
-    from maskopt.search.train.loop import TrainingData, autocast_dtype, fast_path, normalisation, predict_rows, train_fold
+    from maskopt.search.train.loop import (
+        TrainConfig, TrainingData, autocast_dtype, fast_path, normalisation, predict_rows, train_fold,
+    )
 
     on_cuda = device.type == "cuda"
     settings = StudySettings(epochs=1, warmup_epochs=0.0, amp=amp, channels_last=channels_last, compile=False)
@@ -50,7 +52,7 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     def data(count):
         return TrainingData(images, rows[:count], labels[:count], rows[:0], labels[:0])
 
-    kwargs = dict(settings=settings, num_classes=18, device=device, seed=seed)
+    kwargs = dict(config=TrainConfig.of(settings), num_classes=18, device=device, seed=seed)
     train_fold(params, data(batch * warmup_steps), **kwargs)  # cuDNN autotuning, allocator warm-up
     if on_cuda:
         torch.cuda.synchronize()

@@ -94,7 +94,7 @@ def run(cfg: B.Config) -> B.Report:
     with B.Timer() as search_time:
         run_search(space, n_trials=trials, storage_url=url, study_name="labels", seed=cfg.seed, device="cpu",
                    cache_dir=cfg.workdir / "cache", threads=cfg.threads, artifact_dir=artifacts, checkpoints=False,
-                   heartbeat_interval=None, show_progress=False, log=cfg.debug)
+                   heartbeat_interval=None, progress=False, log=cfg.debug)
     with B.Timer() as find_time:
         found = find_study_label_issues(storage_url=url, study_name="labels", artifact_dir=artifacts, top=top)
     cfg.log(f"search {search_time.seconds:.0f} s, finder {find_time.seconds:.1f} s: {found.total_issues} images "

@@ -39,11 +39,11 @@ def maskopt_fold(params, data, *, epochs: int, seed: int) -> float:
     import torch
 
     from maskopt.search.space import StudySettings
-    from maskopt.search.train.loop import train_fold
+    from maskopt.search.train.loop import TrainConfig, train_fold
 
     settings = StudySettings(epochs=epochs, warmup_epochs=0.5)
     with B.Timer() as t:
-        train_fold(params, data, settings=settings, num_classes=18, device=torch.device("cpu"), seed=seed)
+        train_fold(params, data, config=TrainConfig.of(settings), num_classes=18, device=torch.device("cpu"), seed=seed)
     return t.seconds
 
 

@@ -55,7 +55,7 @@ def worker_main(args_json: str) -> None:
 
     run_search(space, n_trials=args["trials"], storage_url=f"sqlite:///{args['db']}", data=args["data"],
                study_name="memory", seed=args["seed"], device="cpu", cache_dir=Path(args["cache"]),
-               threads=args["threads"], show_progress=False, log=after_trial)
+               threads=args["threads"], progress=False, log=after_trial)
     out.close()
 
 

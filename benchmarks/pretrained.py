@@ -94,7 +94,7 @@ def run_maskopt_side(cfg: B.Config, space, data, *, name: str, budget: float, ho
     with B.Timer() as searched:
         run_search(space, n_trials=10_000, storage_url=url, data=data, study_name=name, seed=space.study.seed,
                    device="cpu", timeout=budget, cache_dir=cfg.workdir / "cache", threads=cfg.threads,
-                   artifact_dir=None, show_progress=False, log=cfg.debug)
+                   artifact_dir=None, progress=False, log=cfg.debug)
     study = optuna.load_study(study_name=name, storage=url)
     rows = B.trial_table(study)
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]

@@ -32,7 +32,7 @@ def run_study(cfg: B.Config, space, data, *, name: str, trials: int, seed: int) 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as t:
         run_search(space, n_trials=trials, storage_url=url, data=data, study_name=name, seed=seed, device="cpu",
-                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, show_progress=False, log=cfg.debug)
+                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, progress=False, log=cfg.debug)
     study = optuna.load_study(study_name=name, storage=url)
     rows = B.trial_table(study)
     top = top_trials(study, 1)

@@ -95,7 +95,7 @@ def warm_up_trials(cfg: B.Config, space, data, *, device: str) -> None:
         run_search(dataclasses.replace(space, dims=dims, study=study), n_trials=1,
                    storage_url=f"sqlite:///{cfg.workdir / 'warm-up.db'}", data=data, study_name=f"warm-up-{i}",
                    seed=cfg.seed, device=device, cache_dir=cfg.workdir / "cache", threads=cfg.threads,
-                   show_progress=False, log=cfg.debug)
+                   progress=False, log=cfg.debug)
 
 
 def difference(a: float | None, b: float | None) -> float | None:
@@ -111,7 +111,7 @@ def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int,
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as t:
         run_search(space, n_trials=10_000, storage_url=url, data=data, study_name=name, seed=seed, device=device,
-                   timeout=budget, cache_dir=cfg.workdir / "cache", threads=cfg.threads, show_progress=False,
+                   timeout=budget, cache_dir=cfg.workdir / "cache", threads=cfg.threads, progress=False,
                    log=cfg.debug)
     rows = B.trial_table(optuna.load_study(study_name=name, storage=url))
     points = curve(rows, budget)

@@ -51,7 +51,7 @@ from maskopt.search.study.runner import (
     top_trials,
     trial_origin,
 )
-from maskopt.search.train.loop import TrainingData, mean_std, train_fold, train_full
+from maskopt.search.train.loop import TrainConfig, TrainingData, mean_std, train_fold, train_full
 from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
 from optuna_dashboard import save_note
 from safetensors.torch import save_model
@@ -266,14 +266,14 @@ def _export_trial(folder: Path, trial, params, settings, prepared, device, study
             fold_data = TrainingData(images, train_idx, train_labels[train_idx], train_idx[:0], train_labels[:0])
             with tqdm(total=fold_epochs, desc=f"trial {trial.number} fold {k + 1}", unit="ep",
                       disable=not progress) as bar:
-                _, model = train_fold(params, fold_data, settings=_with_epochs(settings, fold_epochs),
+                _, model = train_fold(params, fold_data, config=TrainConfig.of(settings, epochs=fold_epochs),
                                       num_classes=dataset.num_classes, device=device,
                                       seed=fold_seed(settings.seed, origin, k), progress=bar)
             models.append((f"fold{k}.safetensors", model))
     else:
         with tqdm(total=epochs, desc=f"retraining trial {trial.number} on all data", unit="ep",
                   disable=not progress) as bar:
-            model = train_full(params, images, train_labels, settings=settings, epochs=epochs,
+            model = train_full(params, images, train_labels, config=TrainConfig.of(settings), epochs=epochs,
                                num_classes=dataset.num_classes, device=device,
                                seed=fold_seed(settings.seed, origin, settings.folds), progress=bar)
         models.append(("model.safetensors", model))
@@ -344,10 +344,6 @@ def _calibrate(blend: np.ndarray, best_oof, num_classes: int) -> CalibrationRepo
     gain = nested_offset_gain(log_probs, best_oof.labels, best_oof.folds, n_classes=num_classes)
     offsets = fit_class_offsets(log_probs, best_oof.labels, n_classes=num_classes)
     return CalibrationReport(tuple(float(o) for o in offsets), gain.uncalibrated, gain.nested)
-
-
-def _with_epochs(settings, epochs: int):
-    return dataclasses.replace(settings, epochs=epochs)
 
 
 def _is_export(folder: Path) -> bool:

@@ -29,6 +29,7 @@ from maskopt.search.study.components import reports_per_fold
 from maskopt.search.study.notes import record_trial_note
 from maskopt.search.study.oof import OutOfFold, save_oof
 from maskopt.search.train.loop import (
+    TrainConfig,
     NonFiniteLoss,
     TrainingData,
     fast_path,
@@ -261,7 +262,7 @@ class Objective:
                   on_checkpoint, resume: dict | None, bar):
         settings = self.space.study
         seed = fold_seed(settings.seed, origin, fold)
-        kwargs = dict(settings=settings, num_classes=self.data.dataset.num_classes, device=self.device, seed=seed,
+        kwargs = dict(config=TrainConfig.of(settings), num_classes=self.data.dataset.num_classes, device=self.device, seed=seed,
                       on_epoch=on_epoch, on_checkpoint=on_checkpoint, progress=bar)
         try:
             return train_fold(params, fold_data, resume=resume,

@@ -215,7 +215,7 @@ def open_search(
     cache_dir: str | Path | None = None,
     heartbeat_interval: int | None = 30,
     worker_index: int = 0,
-    show_progress: bool = True,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> OpenedSearch:
     """Check the space and the data, decode the images once, then create or load the study.
@@ -238,7 +238,7 @@ def open_search(
     space, layout_notes = space.for_layout(dataset.layout)
     sizes = list(discrete_values(space.dims["image_size"]))
     data_ready = prepare_data(dataset, image_sizes=sizes, cache_dir=cache_dir, exclude_broken=settings.exclude_broken,
-                              progress=show_progress)
+                              progress=progress)
     notes = tuple(layout_notes) + data_ready.dataset.notes
     for note in notes:
         log(f"note: {note}")
@@ -276,7 +276,7 @@ def run_search(
     heartbeat_interval: int | None = 30,
     checkpoints: str | Path | bool = True,
     worker_index: int = 0,
-    show_progress: bool = True,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> SearchResult:
     """Create or resume the study of ``space`` and run trials until it holds ``n_trials``.
@@ -304,7 +304,7 @@ def run_search(
         worker_index: This worker's number among those sharing the study (0 alone); it offsets
             the sampler's seed so that workers do not propose the same start-up trials. Folds
             and training seeds do not depend on it.
-        show_progress: Progress bars for trials and epochs.
+        progress: Progress bars for trials and epochs.
         log: Where per-trial lines and notes go.
 
     Raises:
@@ -318,7 +318,7 @@ def run_search(
     opened = open_search(space, storage_url=storage_url, data=data, study_name=study_name, seed=seed,
                          exclude_broken=exclude_broken,
                          cache_dir=cache_dir, heartbeat_interval=heartbeat_interval, worker_index=worker_index,
-                         show_progress=show_progress, log=log)
+                         progress=progress, log=log)
     space, data_ready, study, url, notes = (opened.space, opened.data, opened.study, opened.storage_url,
                                             opened.notes)
     settings = space.study
@@ -332,11 +332,11 @@ def run_search(
     recover_dead_trials(study)
     already = counted_trials(study)
     trial_bar = tqdm(total=n_trials, initial=min(already, n_trials), desc="trials", unit="trial",
-                     disable=not show_progress, position=0, dynamic_ncols=True)
+                     disable=not progress, position=0, dynamic_ncols=True)
 
     def epoch_bar(total: int, number: int):
         return tqdm(total=total, desc=f"trial {number} epochs", unit="ep", leave=False, position=1,
-                    disable=not show_progress, dynamic_ncols=True)
+                    disable=not progress, dynamic_ncols=True)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         recover_dead_trials(study)
@@ -346,7 +346,7 @@ def run_search(
         trial_bar.n = min(counted, n_trials)
         trial_bar.refresh()
         line = describe_trial(trial)
-        if show_progress:
+        if progress:
             tqdm.write(line)
         else:
             log(line)
@@ -354,10 +354,10 @@ def run_search(
             study.stop()
 
     def note(line: str) -> None:
-        tqdm.write(line) if show_progress else log(line)
+        tqdm.write(line) if progress else log(line)
 
     objective = Objective(space=space, data=data_ready, device=torch_device,
-                          epoch_bar=epoch_bar if show_progress else None, artifact_dir=artifact_dir,
+                          epoch_bar=epoch_bar if progress else None, artifact_dir=artifact_dir,
                           checkpoints=store, log=note)
     try:
         with _sigterm_as_interrupt():

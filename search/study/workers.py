@@ -125,7 +125,7 @@ def _worker_main(index: int, space, kwargs: dict, env: dict) -> None:
         print(f"[worker {index}] {line}", flush=True)
 
     try:
-        run_search(space, show_progress=False, log=log, **kwargs)
+        run_search(space, progress=False, log=log, **kwargs)
     except SearchInterrupted:
         log("interrupted; its running trial was marked FAIL")
         sys.exit(EXIT_INTERRUPTED)

@@ -69,14 +69,32 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def autocast_dtype(device: torch.device, settings: StudySettings) -> torch.dtype | None:
+@dataclass(frozen=True)
+class TrainConfig:
+    """What training takes from the study's settings, and nothing more."""
+
+    epochs: int
+    warmup_epochs: float = 1.0  # linear learning-rate warm-up, then cosine decay
+    pretrained: bool = False
+    weights: str | None = None  # local weights file or folder (see models.build_model)
+    amp: bool = True  # mixed precision on CUDA
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile on CUDA
+
+    @classmethod
+    def of(cls, settings: StudySettings, **changes) -> TrainConfig:
+        config = cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+        return dataclasses.replace(config, **changes)
+
+
+def autocast_dtype(device: torch.device, settings: TrainConfig) -> torch.dtype | None:
     """bf16 where the GPU supports it, fp16 (with a grad scaler) otherwise; None on the CPU."""
     if device.type != "cuda" or not settings.amp:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def fast_path(device: torch.device, settings: StudySettings) -> dict:
+def fast_path(device: torch.device, settings: TrainConfig) -> dict:
     """The GPU settings a trial actually runs with (all off on the CPU), for its attributes."""
     on_cuda = device.type == "cuda"
     amp = autocast_dtype(device, settings)
@@ -90,7 +108,7 @@ def train_fold(
     params: TrialParams,
     data: TrainingData,
     *,
-    settings: StudySettings,
+    config: TrainConfig,
     num_classes: int,
     device: torch.device,
     seed: int,
@@ -105,7 +123,7 @@ def train_fold(
     Args:
         params: The configuration.
         data: Images and row indices of the fold.
-        settings: Study settings (epochs, warm-up, GPU options).
+        config: Epochs, warm-up, weights and GPU options.
         num_classes: Classes of the dataset.
         device: Where to train.
         seed: Seeds weights, sampling order and augmentation.
@@ -130,13 +148,13 @@ def train_fold(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = build_model(
-        params.backbone, num_classes=num_classes, head=params.head, pretrained=settings.pretrained,
-        weights=settings.weights, freeze_depth=params.freeze_depth,
+        params.backbone, num_classes=num_classes, head=params.head, pretrained=config.pretrained,
+        weights=config.weights, freeze_depth=params.freeze_depth,
     ).to(device)
     on_cuda = device.type == "cuda"
-    if on_cuda and settings.channels_last:
+    if on_cuda and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if on_cuda and settings.compile else model
+    step_model = torch.compile(model) if on_cuda and config.compile else model
     mean, std = normalisation(model, device)
 
     micro_batch = max(1, params.batch_size // accumulation)
@@ -147,11 +165,11 @@ def train_fold(
     optimizer = timm.optim.create_optimizer_v2(model, opt=params.optimizer, lr=params.lr,
                                                weight_decay=params.weight_decay)
     scheduler = timm.scheduler.CosineLRScheduler(
-        optimizer, t_initial=settings.epochs * updates_per_epoch, lr_min=params.lr * 0.01,
-        warmup_t=int(settings.warmup_epochs * updates_per_epoch), warmup_lr_init=params.lr * 0.01,
+        optimizer, t_initial=config.epochs * updates_per_epoch, lr_min=params.lr * 0.01,
+        warmup_t=int(config.warmup_epochs * updates_per_epoch), warmup_lr_init=params.lr * 0.01,
         warmup_prefix=True, t_in_epochs=False,
     )
-    amp_dtype = autocast_dtype(device, settings)
+    amp_dtype = autocast_dtype(device, config)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     augment = BatchAugment(params.aug_strength, image_size=data.images.shape[-1])
     criterion = LOSSES[params.loss]
@@ -175,7 +193,7 @@ def train_fold(
         first_epoch = result.epochs_trained
         if progress is not None:
             progress.update(first_epoch)
-    for epoch in range(first_epoch, settings.epochs):
+    for epoch in range(first_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
         order = CLASS_SAMPLERS[params.sampler](data.train_labels, generator)
@@ -184,7 +202,7 @@ def train_fold(
         for step in range(steps):
             pos = order[step * micro_batch:(step + 1) * micro_batch]
             x = prepare_batch(data.images, train_rows[pos], device, mean, std, augment=augment, generator=generator,
-                              channels_last=on_cuda and settings.channels_last, buffers=buffers)
+                              channels_last=on_cuda and config.channels_last, buffers=buffers)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = criterion(step_model(x), train_labels[pos.to(device)]) / accumulation
             scaler.scale(loss).backward()
@@ -208,7 +226,7 @@ def train_fold(
             continue
         probs = predict_rows(step_model, data.images, data.val_rows, device, mean, std,
                              batch_size=max(micro_batch * 2, 32), amp_dtype=amp_dtype,
-                             channels_last=on_cuda and settings.channels_last).numpy()
+                             channels_last=on_cuda and config.channels_last).numpy()
         predictions = probs.argmax(1)
         f1, accuracy = macro_f1(data.val_labels, predictions), float(np.mean(predictions == data.val_labels))
         result.f1_history.append(f1)
@@ -246,12 +264,12 @@ def _fold_result_from(state: dict) -> FoldResult:
                          "f1_history": list(state["f1_history"])})
 
 
-def train_full(params: TrialParams, images: torch.Tensor, labels: np.ndarray, *, settings: StudySettings,
+def train_full(params: TrialParams, images: torch.Tensor, labels: np.ndarray, *, config: TrainConfig,
                epochs: int, num_classes: int, device: torch.device, seed: int, progress=None) -> torch.nn.Module:
     """Train on every row (no hold-out) for ``epochs`` epochs; used to retrain the best trial."""
     rows = np.arange(len(labels))
     data = TrainingData(images, rows, labels, rows[:0], labels[:0])
-    _, model = train_fold(params, data, settings=dataclasses.replace(settings, epochs=epochs),
+    _, model = train_fold(params, data, config=dataclasses.replace(config, epochs=epochs),
                           num_classes=num_classes, device=device, seed=seed, progress=progress)
     return model
 

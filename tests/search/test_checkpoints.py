@@ -14,7 +14,7 @@ from worker_processes import finish, finished_and_running, kill, load, make_tiny
 
 from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
 from maskopt.search.space import parse_space
-from maskopt.search.train.loop import TrainingData, train_fold
+from maskopt.search.train.loop import TrainConfig, TrainingData, train_fold
 
 CPU = torch.device("cpu")
 EPOCHS = 4
@@ -51,7 +51,7 @@ def test_a_fold_resumed_from_any_epoch_ends_exactly_as_an_uninterrupted_one(tmp_
     labels = rng.integers(0, 18, 36)
     data = TrainingData(images, np.arange(26), labels[:26], np.arange(26, 36), labels[26:])
     store = CheckpointStore(tmp_path, "fold")
-    kwargs = dict(settings=settings, num_classes=18, device=CPU, seed=5)
+    kwargs = dict(config=TrainConfig.of(settings), num_classes=18, device=CPU, seed=5)
 
     saved = []
     whole, whole_model = train_fold(params, data, on_checkpoint=lambda state: saved.append(

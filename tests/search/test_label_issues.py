@@ -74,7 +74,7 @@ def noisy(tmp_path_factory, cache_dir, space_dict):
     url = f"sqlite:///{root / 'noisy.db'}"
     space = parse_space(space_dict(study={"name": "noisy", "data": str(data), "epochs": 4}, params={"head": "multi"}))
     run_search(space, n_trials=1, storage_url=url, device="cpu", cache_dir=cache_dir, threads=1,
-               heartbeat_interval=None, show_progress=False, log=lambda _: None, artifact_dir=root / "artifacts",
+               heartbeat_interval=None, progress=False, log=lambda _: None, artifact_dir=root / "artifacts",
                checkpoints=False)
     return root, data, url
 

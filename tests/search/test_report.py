@@ -406,7 +406,7 @@ def real_study(tmp_path_factory, demo_data, cache_dir, space_dict):
                                                        "loss": ["ce", "label_smoothing"]})))
     url = sqlite_url(folder / "study.db")
     run_search(load_space(space), n_trials=3, storage_url=url, data=demo_data, device="cpu", cache_dir=cache_dir,
-               threads=1, heartbeat_interval=None, show_progress=False, log=lambda _: None)
+               threads=1, heartbeat_interval=None, progress=False, log=lambda _: None)
     return url
 
 

@@ -33,7 +33,7 @@ def search(space, tmp_path, cache_dir, *, n_trials: int, db: str = "s.db", **kwa
     lines: list[str] = []
     url = f"sqlite:///{tmp_path / db}"
     run_search(space, n_trials=n_trials, storage_url=url, device="cpu", cache_dir=cache_dir, threads=1,
-               heartbeat_interval=None, show_progress=False, log=lines.append, **kwargs)
+               heartbeat_interval=None, progress=False, log=lines.append, **kwargs)
     return load(url, space.study.name), lines
 
 
