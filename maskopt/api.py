@@ -82,7 +82,7 @@ def search(
     if workers > 1:
         result = run_workers(space, n_workers=workers, **common)
     else:
-        result = run_search(space, show_progress=progress, **common)
+        result = run_search(space, progress=progress, **common)
     if not (export and result.reached_total and result.best is not None):
         return result
     log(f"retraining trial {result.best.number} on all data and exporting it")

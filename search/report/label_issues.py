@@ -181,9 +181,9 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
     """:func:`find_study_label_issues` of a loaded study (``dataset``: already loaded, optional)."""
 
     if top < 1:
-        raise LabelIssuesError(f"--top must be at least 1, got {top}")
+        raise LabelIssuesError(f"the number of trials to average (top) must be at least 1, got {top}")
     if limit is not None and limit < 0:
-        raise LabelIssuesError(f"--limit must be 0 or more, got {limit}")
+        raise LabelIssuesError(f"the number of images to list (limit) must be 0 or more, got {limit}")
     artifact_dir = Path(artifact_dir if artifact_dir is not None else DEFAULT_ARTIFACT_DIR)
     if SPACE_ATTR not in study.user_attrs:
         raise LabelIssuesError(f"study {study.study_name!r} was not made by maskopt search "

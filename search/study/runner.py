@@ -184,7 +184,7 @@ def setup_torch(device: str, threads: int | None = None):
     """
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise MaskoptError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu or auto")
+        raise MaskoptError("device cuda was asked for, but no CUDA GPU is visible; use device cpu or auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads or free_cores())
@@ -314,7 +314,7 @@ def run_search(
     """
 
     if n_trials < 1:
-        raise MaskoptError(f"--trials must be at least 1, got {n_trials}")
+        raise MaskoptError(f"the number of trials must be at least 1, got {n_trials}")
     opened = open_search(space, storage_url=storage_url, data=data, study_name=study_name, seed=seed,
                          exclude_broken=exclude_broken,
                          cache_dir=cache_dir, heartbeat_interval=heartbeat_interval, worker_index=worker_index,
