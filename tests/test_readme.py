@@ -44,8 +44,11 @@ def test_readme_command_parses(argv):
     name = argv[1]
     assert name in COMMANDS, f"README uses unknown command {name!r}"
     command = cli.get_command(None, name)
+    rest = argv[2:]
+    while hasattr(command, "commands") and rest and rest[0] in command.commands:  # a group: its subcommand
+        command, rest = command.commands[rest[0]], rest[1:]
     accepted = {opt for param in command.params for opt in param.opts + param.secondary_opts}
-    for token in argv[2:]:
+    for token in rest:
         if token.startswith("--"):
             option = token.split("=", 1)[0]
             assert option in accepted, f"`{' '.join(argv)}`: {name} has no option {option}"
