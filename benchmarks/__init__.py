@@ -343,12 +343,12 @@ def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_sm
 
 
 def benchmark_space(*, folds: int, epochs: int, image_size: int, **study):
-    """spaces/demo.yaml (sampler, pruner, searched params) with the study shrunk for a benchmark."""
+    """spaces/tiny.yaml (sampler, pruner, searched params) with the study shrunk for a benchmark."""
     import dataclasses
 
     from maskopt.search.space import Constant, load_space
 
-    space = load_space(ROOT / "spaces" / "demo.yaml", check_names=False)
+    space = load_space(ROOT / "spaces" / "tiny.yaml", check_names=False)
     settings = dataclasses.replace(space.study, folds=folds, epochs=epochs, **study)
     dims = dict(space.dims, image_size=Constant(image_size))
     return dataclasses.replace(space, study=settings, dims=dims)

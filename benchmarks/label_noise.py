@@ -3,7 +3,7 @@ its drafted corrections help?
 
 Demo data with known label noise (``make_demo_data(label_noise=...)``: a share of the train
 persons get the other gender, an age in another band, or two photos of different mask states
-swapped; ``label_noise.csv`` lists each flip). A small search (spaces/demo.yaml's sampler and
+swapped; ``label_noise.csv`` lists each flip). A small search (spaces/tiny.yaml's sampler and
 parameters, shrunk) stores every complete trial's out-of-fold predictions; the finder averages
 those of the best trials and drafts per-person corrections. Counted:
 

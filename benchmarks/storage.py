@@ -1,9 +1,9 @@
 """5. Storage: per-trial storage overhead and finished trials per second, SQLite and PostgreSQL.
 
 The objective is trivial (no training) but talks to the storage exactly as maskopt's objective
-does for one trial of spaces/demo.yaml with 3 folds x 4 epochs: it suggests the space's
+does for one trial of spaces/tiny.yaml with 3 folds x 4 epochs: it suggests the space's
 parameters, sets the device attribute, reports a running F1 after every epoch and asks
-demo.yaml's pruner whether to stop, sets the per-fold attributes, and at the end
+tiny.yaml's pruner whether to stop, sets the per-fold attributes, and at the end
 the trial's summary attributes. Storages are opened with ``maskopt.storage.open_storage``
 (heartbeats on, as ``maskopt search`` runs them); parameters come from a seeded random sampler so
 that the sampler's own cost does not hide the storage's.
@@ -75,7 +75,7 @@ def objective_for(space):
 def _space():
     from maskopt.search.space import load_space
 
-    return load_space(B.ROOT / "spaces" / "demo.yaml", check_names=False)
+    return load_space(B.ROOT / "spaces" / "tiny.yaml", check_names=False)
 
 
 def _pruner(space):
@@ -235,7 +235,7 @@ def run(cfg: B.Config) -> B.Report:
         "trials_per_configuration": total, "repetitions": reps, "warmup_repetitions": 0, "workers": list(WORKERS),
         "objective": f"trivial; maskopt's storage calls for {FOLDS} folds x {EPOCHS} epochs (suggest 9 params, "
                      f"{FOLDS * EPOCHS} report + should_prune, ~15 user attrs)",
-        "sampler": "RandomSampler", "pruner": f"demo.yaml's: {_space().study.pruner}", "heartbeat_interval": 30,
+        "sampler": "RandomSampler", "pruner": f"tiny.yaml's: {_space().study.pruner}", "heartbeat_interval": 30,
         "postgresql": POSTGRES_ADMIN_URL.split("@")[-1]})
     if backends.admin is None:
         report.notes.append(f"PostgreSQL rows skipped: no server ({backends.postgres_error})")

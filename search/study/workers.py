@@ -22,6 +22,9 @@ from collections.abc import Callable
 from maskopt.errors import MaskoptError
 
 EXIT_INTERRUPTED = 130
+# Two workers (the demo on a 2-core laptop) write a few rows a minute: SQLite keeps up. Beyond
+# that, or across machines, PostgreSQL is the storage to use, and the runner says so.
+SQLITE_WORKERS = 2
 
 
 def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None = None, device: str = "auto",
@@ -55,7 +58,7 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
     from maskopt.storage import redact, resolve_url
 
     url = resolve_url(storage_url)
-    if url.startswith("sqlite") and n_workers > 1:
+    if url.startswith("sqlite") and n_workers > SQLITE_WORKERS:
         log("warning: SQLite serialises writes, so several workers wait on each other and may see "
             "'database is locked'. For many workers, or workers on several machines, use PostgreSQL: "
             "--storage postgresql://USER:PASSWORD@HOST/DB (see README, 'Many workers').")

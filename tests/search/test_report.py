@@ -31,7 +31,7 @@ from maskopt.search.study.runner import SPACE_ATTR
 from maskopt.search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_SPACE = ROOT / "spaces" / "demo.yaml"
+DEMO_SPACE = ROOT / "spaces" / "tiny.yaml"
 PLOTLY_BANNER = "plotly.js v"  # the first line of the bundle: it must be inlined exactly once
 
 
@@ -201,7 +201,7 @@ def test_glance_numbers(full):
     assert f"Best macro F1 {best.value:.4f} trial {best.number}" in text
     folds = best.user_attrs["fold_f1"]
     assert f"± {np.std(folds):.4f} over 3 folds" in text and f"min {min(folds):.4f}" in text
-    # compute saved: complete and pruned trials, against folds * epochs each (3 x 4 in demo.yaml)
+    # compute saved: complete and pruned trials, against folds * epochs each (3 x 4 in tiny.yaml)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     trained = sum(t.user_attrs["epochs_trained"] for t in finished)
     full_run = len(finished) * 3 * 4

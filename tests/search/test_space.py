@@ -41,18 +41,25 @@ def space_error(write_space, raw) -> str:
 # --- the spaces that ship ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "tiny.yaml", "full.yaml"])
 def test_shipped_spaces_load(name):
     space = load_space(ROOT / "spaces" / name)
     assert space.source == str(ROOT / "spaces" / name)
     assert set(space.dims) == set(PARAMS)
     assert isinstance(space.dims["lr"], Range) and space.dims["lr"].log
-    assert isinstance(space.dims["backbone"], Choice)
 
 
-def test_demo_space_reads_every_setting():
+def test_the_demo_is_a_pretrained_search_from_the_imported_weights():
     space = load_space(ROOT / "spaces" / "demo.yaml")
-    assert (space.study.name, space.study.folds, space.study.epochs) == ("demo", 3, 4)
+    assert space.study.pretrained and space.study.weights == "weights"  # what `make demo` imports
+    assert space.dims["backbone"] == Constant("tf_efficientnet_lite0")
+    assert space.study.name == "demo"
+
+
+def test_tiny_space_reads_every_setting():
+    space = load_space(ROOT / "spaces" / "tiny.yaml")
+    assert isinstance(space.dims["backbone"], Choice)
+    assert (space.study.name, space.study.folds, space.study.epochs) == ("tiny", 3, 4)
     assert space.study.pruner == Component("percentile", (("n_startup_trials", 3), ("n_warmup_steps", 2),
                                                           ("percentile", 25.0)))
     assert space.study.sampler == Component("tpe", (("n_startup_trials", 4),))
@@ -72,7 +79,7 @@ def test_full_space_reads_int_ranges_and_pruner_options():
 
 def test_stored_form_parses_back_to_the_same_space():
     # The study keeps to_dict(); export and later workers rebuild the space from it.
-    for name in ("demo.yaml", "full.yaml"):
+    for name in ("demo.yaml", "tiny.yaml", "full.yaml"):
         space = load_space(ROOT / "spaces" / name)
         again = parse_space(space.to_dict(), source="stored", check_names=False)
         assert again.study == space.study
@@ -138,7 +145,7 @@ def test_suggest_draws_inside_the_ranges(space_dict):
 
 
 def test_competition_only_params_are_fixed_with_a_note_on_other_layouts():
-    space = load_space(ROOT / "spaces" / "demo.yaml")
+    space = load_space(ROOT / "spaces" / "tiny.yaml")
     assert space.for_layout("competition") == (space, [])
     for layout in ("folders", "csv"):
         fitted, notes = space.for_layout(layout)
