@@ -73,13 +73,19 @@ class ImageDataset:
         mask, gender, _ = L.decode(self.labels)
         return L.encode(mask, gender, L.age_band(self.ages, age_old)).astype(np.int64)
 
+    def relative_paths(self) -> list[str]:
+        """Each image's path relative to the dataset's folder (a CSV's own folder), with ``/``.
+
+        relpath, not relative_to: a CSV may name images outside its own folder, or absolute paths.
+        """
+        base = self.root if self.root.is_dir() else self.root.parent
+        return [Path(os.path.relpath(path, base)).as_posix() for path in self.paths]
+
     def fingerprint(self) -> str:
         """Hash of the relative image paths, labels and groups: which data a model was trained on."""
         h = hashlib.sha256(self.layout.encode())
-        base = self.root if self.root.is_dir() else self.root.parent
-        for path, label, group in zip(self.paths, self.labels, self.groups):
-            # relpath, not relative_to: a CSV may name images outside its own folder.
-            h.update(f"\n{Path(os.path.relpath(path, base)).as_posix()}\t{label}\t{group}".encode())
+        for path, label, group in zip(self.relative_paths(), self.labels, self.groups):
+            h.update(f"\n{path}\t{label}\t{group}".encode())
         return h.hexdigest()[:16]
 
     def without_groups(self, groups, reason: str) -> ImageDataset:

@@ -269,8 +269,7 @@ def predict(*, model_dir: str | Path, data: str | Path, out: str | Path | None =
         dataset = load_dataset(data)
         predictions = predict_images(model_dir, dataset.paths, device=torch_device, tta=tta, cache_dir=cache_dir,
                                      progress=progress)
-        base = dataset.root if dataset.root.is_dir() else dataset.root.parent
-        ids = [p.relative_to(base).as_posix() for p in dataset.paths]
+        ids = dataset.relative_paths()
         names = [config["class_names"][i] for i in predictions]
         write_submission(out, ids, names, header=("path", "label"))
     return out

@@ -338,3 +338,24 @@ def test_score_refuses_a_submission_that_does_not_match(main_study, submission_r
 def test_score_of_a_missing_file(main_study, tmp_path):
     result = invoke("score", tmp_path / "none.csv", main_study.data / "eval" / "solution.csv")
     assert result.exit_code == 1 and result.output == f"Error: {tmp_path / 'none.csv'} is missing\n"
+
+
+def test_predict_a_csv_dataset_that_names_images_anywhere(main_study, tmp_path):
+    """A CSV may give absolute paths and paths outside its folder; predict names each as written, relative."""
+    images = sorted((main_study.data / "eval" / "images").iterdir())[:3]
+    listing = tmp_path / "lists" / "images.csv"
+    listing.parent.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / images[1].name
+    moved.write_bytes(images[1].read_bytes())
+    listing.write_text(f"path,label\n{images[0]},a\n../elsewhere/{moved.name},b\n{images[2]},a\n")
+    out = tmp_path / "pred.csv"
+    result = invoke("predict", "--model", main_study.export, "--data", listing, "--out", out, "--device", "cpu",
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    assert rows[0] == ["path", "label"] and len(rows) == 4
+    assert rows[2][0] == f"../elsewhere/{moved.name}"
+    assert (listing.parent / rows[1][0]).resolve() == images[0].resolve()  # an absolute path, made relative
+    names = json.loads((main_study.export / "config.json").read_text())["class_names"]
+    assert all(label in names for _, label in rows[1:])
