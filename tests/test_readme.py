@@ -19,10 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
+BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, flags=re.S)  # (language, text)
+
+
 def readme_commands() -> list[list[str]]:
-    blocks = re.findall(r"```(?:sh)?\n(.*?)```", README, flags=re.S)
     commands = []
-    for block in blocks:
+    for language, block in BLOCKS:
+        if language not in ("", "sh"):
+            continue
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
@@ -70,3 +74,18 @@ def test_readme_space_keys_are_the_real_ones():
         assert f"| `{key}` |" in README, f"params key {key} is not documented in the README"
     for field in dataclasses.fields(StudySettings):
         assert f"| `{field.name}` |" in README, f"study key {field.name} is not documented in the README"
+
+
+@pytest.mark.slow
+def test_the_python_example_runs(tmp_path, monkeypatch):
+    """The README's Python example, as written, in a fresh folder that has the repository's spaces."""
+    (code,) = [block for language, block in BLOCKS if language == "python"]
+    (tmp_path / "spaces").symlink_to(ROOT / "spaces")
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda *args, **kwargs: printed.append(" ".join(map(str, args))))
+    exec(compile(code, "README.md", "exec"), {})
+    assert printed[-2].startswith("best trial ") and "exported to exports/from-python" in printed[-2]
+    assert printed[-1].startswith("CalibrationReport(")
+    assert (tmp_path / "exports" / "from-python" / "submission.csv").is_file()
+    assert (tmp_path / "exports" / "from-python-ensemble" / "config.json").is_file()
