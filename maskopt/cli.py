@@ -9,6 +9,7 @@ traceback, and nowhere else.
 from __future__ import annotations
 
 import importlib
+import re
 
 import click
 
@@ -26,6 +27,10 @@ COMMANDS = {
     "label-issues": ("labels", "label_issues", "List training images whose labels the study's predictions doubt."),
     "weights": ("weights", "weights", "Import pretrained weights from another library's checkpoint."),
 }
+
+
+# Library argument -> the CLI option's parameter name, where the two differ.
+LIBRARY_NAMES = {"storage_url": "storage", "n_trials": "trials", "checkpoints": "checkpoint_dir"}
 
 
 class LazyGroup(click.Group):
@@ -46,7 +51,25 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MaskoptError as e:
-            raise click.ClickException(str(e)) from e
+            raise click.ClickException(self.with_flags(str(e))) from e
+
+    def with_flags(self, message: str) -> str:
+        """A library message with each `parameter` it names shown as this CLI's option (--flag).
+
+        The library names what the user can change by its Python argument, in backticks (see
+        maskopt/errors.py); a name without a matching option stays as it is.
+        """
+        flags = {}
+        for name in COMMANDS:
+            command = self.get_command(None, name)
+            for sub in [command, *getattr(command, "commands", {}).values()]:
+                for param in sub.params:
+                    if isinstance(param, click.Option) and param.opts[0].startswith("--"):
+                        flags.setdefault(param.name, param.opts[0])
+        for library_name, option_name in LIBRARY_NAMES.items():
+            if option_name in flags:
+                flags[library_name] = flags[option_name]
+        return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), m.group(0)), message)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, short) for name, (_, _, short) in COMMANDS.items()]

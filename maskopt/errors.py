@@ -2,6 +2,8 @@
 
 Library code raises these; the CLI turns them into a clean message and a non-zero exit,
 without a traceback. Messages say what is wrong, where (file, key, row, value), and what to do.
+A parameter the user can change is named by its Python argument in backticks (`force`, `out`);
+the CLI shows each as its own option (--force, --out), so the library knows no CLI flags.
 """
 
 

@@ -114,13 +114,13 @@ def load_existing_study(
     if not names:
         raise StorageError(
             f"Storage {url} holds no study. Create one with `maskopt search` (with the same "
-            "--storage)."
+            "`storage_url`)."
         )
     if study_name is None:
         if len(names) > 1:
             raise StorageError(
                 f"Storage {url} holds {len(names)} studies: {', '.join(names)}. Name one "
-                "(--study NAME)."
+                "(`study_name` NAME)."
             )
         study_name = names[0]
     elif study_name not in names:

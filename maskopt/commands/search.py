@@ -57,7 +57,7 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
     from maskopt.api import search as run
     from maskopt.search.study.runner import SearchInterrupted
 
-    log = _quiet_log if quiet else click.echo
+    log = _quiet_log if quiet else _echo
     try:
         result = run(space_path, n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed,
                      timeout=timeout, exclude_broken=exclude_broken, device=device, cache_dir=cache_dir,
@@ -79,10 +79,16 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
         click.echo(echo_export(result.export))
 
 
+def _echo(line: str, err: bool = False) -> None:
+    from maskopt.cli import cli
+
+    click.echo(cli.with_flags(line), err=err)  # a warning may name a `parameter`: show its option
+
+
 def _quiet_log(line: str) -> None:
     """With --quiet, warnings still reach the user (on stderr); progress lines do not."""
     if line.startswith("warning:"):
-        click.echo(line, err=True)
+        _echo(line, err=True)
 
 
 def summarise(result) -> str:

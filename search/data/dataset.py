@@ -28,7 +28,7 @@ CORRECTION_FIXES = ("male", "female", "swap_incorrect_normal")
 MAX_LISTED_PROBLEMS = 20
 
 # How to go on when some persons are broken: said by every error that lists them.
-EXCLUDE_BROKEN_HINT = "pass --exclude-broken (or set exclude_broken: true under study: in the space)"
+EXCLUDE_BROKEN_HINT = "pass `exclude_broken` (or set exclude_broken: true under study: in the space)"
 
 
 @dataclass(frozen=True)

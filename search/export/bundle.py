@@ -163,19 +163,19 @@ def export_best(
         try:
             out = Path("exports") / check_study_name(study.study_name)
         except SpaceError as e:
-            raise ExportError(f"{e} Or pass --out FOLDER for this study's export.") from None
+            raise ExportError(f"{e} Or pass `out` FOLDER for this study's export.") from None
     out = Path(out)
     if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pass --force to replace it, or --out another folder")
+        raise ExportError(f"{out} already exists; pass `force` to replace it, or `out` another folder")
     if out.exists() and not (_is_export(out) or (out.is_dir() and not any(out.iterdir()))):
         raise ExportError(f"{out} exists and is not a maskopt export (no {CONFIG_FILE} of format {EXPORT_FORMAT!r}); "
-                          f"it is left as it is. Pass --out another folder.")
+                          f"it is left as it is. Pass `out` another folder.")
 
     space = parse_space(study.user_attrs[SPACE_ATTR], source=f"study {study.study_name!r}", check_names=False)
     settings = space.study
     data_path = data if data is not None else settings.data
     if data_path is None:
-        raise ExportError("the study records no dataset path; pass --data")
+        raise ExportError("the study records no dataset path; pass `data`")
     dataset = load_dataset(data_path, layout=settings.layout, corrections=settings.corrections,
                            exclude_broken=settings.exclude_broken)
     space, _ = space.for_layout(dataset.layout)
@@ -319,8 +319,8 @@ def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
     if oofs[0] is None:
         raise ExportError(
             f"trial {candidates[0].number} of study {study_name!r} has no stored out-of-fold predictions for this "
-            f"dataset in {artifact_dir}/ (a search stores them in its --artifacts folder; an older search, another "
-            f"folder, or other data has none). Pass --artifacts FOLDER, or export without --ensemble/--calibrate")
+            f"dataset in {artifact_dir}/ (a search stores them in its `artifact_dir` folder; an older search, another "
+            f"folder, or other data has none). Pass `artifact_dir` FOLDER, or export without `ensemble`/`calibrate`")
     return oofs
 
 

@@ -98,7 +98,7 @@ def write_report(*, storage_url: str | None, study_name: str | None = None, out:
 
     if solution is not None and not Path(solution).is_file():
         raise ExportError(f"solution file {solution} does not exist; give the competition's solution.csv "
-                          f"(ImageID,ans) with --solution, or leave it out")
+                          f"(ImageID,ans) with `solution`, or leave it out")
     url = resolve_url(storage_url)
     storage = open_storage(url, heartbeat_interval=None, create=False)
     study = load_existing_study(storage=storage, study_name=study_name)

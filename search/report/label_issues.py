@@ -192,7 +192,7 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
                            check_names=False).study
     data_path = data if data is not None else settings.data
     if data_path is None:
-        raise LabelIssuesError(f"study {study.study_name!r} records no dataset path; pass --data")
+        raise LabelIssuesError(f"study {study.study_name!r} records no dataset path; pass `data`")
     if dataset is None:
         dataset = load_dataset(data_path, layout=settings.layout, corrections=settings.corrections,
                                exclude_broken=settings.exclude_broken)
@@ -218,8 +218,8 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
                 else "it has no complete trial")
         raise LabelIssuesError(
             f"study {study.study_name!r} has no stored out-of-fold predictions for the dataset {data_path} in "
-            f"{where}: {have} stored them there. A search stores them in its --artifacts folder for every complete "
-            f"trial; pass --artifacts FOLDER if it used another one, the study's own --data if this is other data, "
+            f"{where}: {have} stored them there. A search stores them in its `artifact_dir` folder for every complete "
+            f"trial; pass `artifact_dir` FOLDER if it used another one, the study's own `data` if this is other data, "
             f"or run (more) trials with maskopt search")
 
     probs = np.mean([o.probs for o in oofs], axis=0)
@@ -384,7 +384,7 @@ def write_corrections(report: LabelIssueReport, path: str | Path, *, force: bool
     if path.is_dir():
         raise LabelIssuesError(f"{path} is a folder; give a file name for the corrections draft")
     if path.exists() and not force:
-        raise LabelIssuesError(f"{path} already exists and was left as it is; pass --force to replace it, "
+        raise LabelIssuesError(f"{path} already exists and was left as it is; pass `force` to replace it, "
                                f"or give another file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -155,7 +155,7 @@ def check_study_name(name: str) -> str:
         raise SpaceError(
             f"study name {shown!r} cannot be used: it also names the export folder exports/<name>, so it may "
             f"hold only letters, digits, '_', '.' and '-', start with a letter or digit, and have at most 100 "
-            f"characters. Give another --study name or study.name in the space.")
+            f"characters. Give another `study_name` name or study.name in the space.")
     return name
 
 
@@ -231,7 +231,7 @@ def open_search(
     settings = space.study
     check_study_name(settings.name)
     if settings.data is None:
-        raise SpaceError(f"{space.source}: no dataset: set study.data in the space or pass --data")
+        raise SpaceError(f"{space.source}: no dataset: set study.data in the space or pass `data`")
 
     dataset = load_dataset(settings.data, layout=settings.layout, corrections=settings.corrections,
                            exclude_broken=settings.exclude_broken)
@@ -485,7 +485,7 @@ def _bind_space(study: optuna.Study, space) -> None:
     elif stored["params"] != current["params"] or _study_part(stored) != _study_part(current):
         raise SpaceError(
             f"study {study.study_name!r} was created from a different search space than {space.source}. "
-            f"Use the same space to resume it, or give a new --study name.")
+            f"Use the same space to resume it, or give a new `study_name` name.")
 
 
 def _study_part(space_dict) -> dict:

@@ -61,7 +61,7 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
     if url.startswith("sqlite") and n_workers > SQLITE_WORKERS:
         log("warning: SQLite serialises writes, so several workers wait on each other and may see "
             "'database is locked'. For many workers, or workers on several machines, use PostgreSQL: "
-            "--storage postgresql://USER:PASSWORD@HOST/DB (see README, 'Many workers').")
+            "`storage_url` postgresql://USER:PASSWORD@HOST/DB (see README, 'Many workers').")
     open_keys = ("data", "study_name", "seed", "exclude_broken", "cache_dir", "heartbeat_interval")
     open_kwargs = {k: v for k, v in search_kwargs.items() if k in open_keys}
     opened = open_search(space, storage_url=url, log=log, **open_kwargs)

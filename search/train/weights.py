@@ -225,7 +225,7 @@ def _map_by_name(source: dict, target: dict, head: list[str], src: Path, backbon
             f"checkpoint {src} has timm's key names for {backbone!r} but not its shapes: {key!r} is "
             f"{_shape(source[key])} in the file and {_shape(target[key])} in the model ({len(wrong)} of "
             f"{len(keys)} tensors differ); the file is for another variant of the architecture, so pass the "
-            "--backbone it was trained as"
+            "`backbone` it was trained as"
         )
     return {key: (value.clone() if key.endswith(_NBT) else source[key]) for key, value in target.items()}
 
@@ -281,7 +281,7 @@ def _mismatch_message(source, src_keys, target, dst_keys, mismatch, src, backbon
             where = (f"{backbone!r} ends at position {n}, where the file still has {s!r} with "
                      f"{_shape(source[s])}")
     return (f"checkpoint {src} ({layout} layout) does not fit backbone {backbone!r}: {where}; {counts}. "
-            "Nothing was written: a partial match would be a different model. Pass the --backbone the "
+            "Nothing was written: a partial match would be a different model. Pass the `backbone` the "
             "checkpoint was trained as")
 
 
@@ -296,9 +296,9 @@ def _write(state: dict[str, torch.Tensor], path: Path, *, force: bool, metadata:
 
     out_dir = path.parent
     if out_dir.exists() and not out_dir.is_dir():
-        raise MaskoptError(f"output folder {out_dir} is a file; give a folder for --out")
+        raise MaskoptError(f"output folder {out_dir} is a file; give a folder for `out`")
     if path.is_dir():
-        raise MaskoptError(f"{path} is a folder; move it away or pick another --out")
+        raise MaskoptError(f"{path} is a folder; move it away or pick another `out`")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -315,7 +315,7 @@ def _write(state: dict[str, torch.Tensor], path: Path, *, force: bool, metadata:
                 os.unlink(tmp)
                 return path, True
             if not force:
-                raise MaskoptError(f"{path} already exists and holds other weights; pass --force to replace it")
+                raise MaskoptError(f"{path} already exists and holds other weights; pass `force` to replace it")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -48,3 +48,19 @@ def test_search_then_export_from_python(tmp_path, monkeypatch, space_dict):
 def test_library_errors_are_maskopt_errors(tmp_path):
     with pytest.raises(maskopt.SpaceError, match="cannot read search space"):
         maskopt.load_space(tmp_path / "missing.yaml")
+
+
+def test_library_errors_name_arguments_and_the_cli_shows_its_options(tmp_path):
+    """The library names what to change by its Python argument; the CLI turns it into the option."""
+    with pytest.raises(maskopt.StorageError) as raised:
+        maskopt.export_best(storage_url=f"sqlite:///{tmp_path / 'none.db'}")
+    message = str(raised.value)
+    assert "`storage_url`" in message and "--storage" not in message
+
+    from click.testing import CliRunner
+
+    from maskopt.cli import cli
+
+    result = CliRunner().invoke(cli, ["export-best", "--storage", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code == 1
+    assert "--storage" in result.output and "`storage_url`" not in result.output
