@@ -125,6 +125,8 @@ def _worker_main(index: int, space, kwargs: dict, env: dict) -> None:
     from maskopt.search.study.runner import SearchInterrupted, run_search
 
     def log(line: str) -> None:
+        if line.startswith("note: "):  # the data's notes: the parent printed them once already
+            return
         print(f"[worker {index}] {line}", flush=True)
 
     try:
