@@ -236,10 +236,10 @@ def export_best(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _record_export(study, best, out, storage, config)
     models = tuple(config["models"]) if "models" in config else tuple(
         f"{m['folder']}/{name}" for m in config["members"]
         for name in json.loads((out / m["folder"] / CONFIG_FILE).read_text())["models"])
+    _record_export(study, best, out, models, tta)
     return ExportResult(out, study.study_name, best.number, best.value, config.get("epochs", 0), models, submission,
                         ensemble_report, calibration)
 
@@ -367,20 +367,21 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _record_export(study, best, out: Path, storage, config: dict) -> None:
-    """Note the export on the trial and the study, so optuna-dashboard shows it."""
+def _record_export(study, best, out: Path, models: tuple[str, ...], tta: bool) -> None:
+    """Note the export on the trial and the study, so optuna-dashboard shows it.
 
+    ``models`` are the weights files under ``out`` (an ensemble's inside its member folders).
+    """
     record = {"trial": best.number, "path": str(out.resolve()), "cv_macro_f1": best.value,
-              "models": config["models"], "tta": config["tta"]}
+              "models": list(models), "tta": tta}
     study.set_user_attr(EXPORT_ATTR, record)
     # A finished trial's attributes are read-only; dashboard notes live in study attributes.
     save_note(optuna.Trial(study, best._trial_id),
               f"## Exported\n\nThis trial was retrained and exported to `{record['path']}` "
-              f"(models: {', '.join(config['models'])}; TTA: {config['tta']}).\n")
+              f"(models: {', '.join(models)}; TTA: {tta}).\n")
 
 
 def _versions() -> dict[str, str]:
-
     return {name: version(name) for name in ("maskopt", "timm", "torch", "optuna")}
 
 

@@ -80,6 +80,10 @@ def test_export_an_ensemble_with_offsets_and_predict_with_it(main_study, complet
                  "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     assert again.read_text() == (out / "submission.csv").read_text()
+    page = tmp_path / "report.html"
+    result = run("report", "--storage", url, "--study", "two", "--artifacts", str(root / "artifacts"), "--out", str(page))
+    assert result.exit_code == 0, result.output  # the report reads an ensemble's export too
+    assert "member-trial-0/model.safetensors" in page.read_text()
 
 
 def test_offsets_change_predictions_as_stored(main_study, tmp_path):
@@ -154,3 +158,63 @@ def test_pooled_oof_f1_of_the_best_trial_is_reported_honestly(main_study, comple
     members, weights, report = _select_ensemble([best], [oof], 1, 18)
     assert members == [best] and weights == [1.0]
     assert report.best_single_oof_macro_f1 == pytest.approx(macro_f1(oof.labels, oof.probs, n_classes=18))
+
+
+@pytest.fixture(scope="module")
+def complementary_study(main_study, complete_trials, tmp_path_factory):
+    """The main study's two complete trials, copied with made-up OOF predictions: each is right on
+    half of the classes only, so the ensemble selection must take both."""
+    import tempfile
+
+    from maskopt.search.study import record
+    from maskopt.storage import artifact_store, create_or_load_study, open_storage
+
+    root = tmp_path_factory.mktemp("complementary")
+    url = f"sqlite:///{root / 'two.db'}"
+    source = optuna.load_study(study_name="main", storage=main_study.url)
+    study = create_or_load_study(storage=open_storage(url, heartbeat_interval=None), study_name="two")
+    for key, value in source.user_attrs.items():
+        if key != "maskopt_export":
+            study.set_user_attr(key, value)
+    oof = load_oof(complete_trials[0], main_study.root / "maskopt-artifacts")
+    store = artifact_store(root / "artifacts")
+    for k, trial in enumerate(complete_trials[:2]):
+        probs = np.full(oof.probs.shape, 0.01, dtype=np.float32)
+        right = oof.labels % 2 == k  # trial k knows the classes of parity k, and is unsure elsewhere
+        probs[right, oof.labels[right]] = 0.9
+        probs[~right, (oof.labels[~right] + 1) % 18] = 0.2
+        probs[~right, oof.labels[~right]] = 0.15
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/oof.npz"
+            np.savez_compressed(path, probs=probs.astype(np.float16), labels=oof.labels.astype(np.int16),
+                                folds=oof.folds.astype(np.int16), dataset=np.array(oof.dataset))
+            artifact_id = optuna.artifacts.upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=trial.value, params=trial.params, distributions=trial.distributions,
+            user_attrs={**trial.user_attrs, record.OOF_ARTIFACT: artifact_id}))
+    return url, root
+
+
+def test_a_two_member_ensemble_is_exported_recorded_and_predicted(main_study, complementary_study, tmp_path):
+    url, root = complementary_study
+    out = tmp_path / "two"
+    result = run("export-best", "--storage", url, "--study", "two", "--data", str(main_study.data), "--out", str(out),
+                 "--ensemble", "3", "--artifacts", str(root / "artifacts"), "--device", "cpu",
+                 "--cache-dir", str(main_study.cache_dir), "--quiet")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(m["trial"] for m in config["members"]) == [0, 1] and "models" not in config
+    assert [m["weight"] for m in config["members"]] == [0.5, 0.5]
+    assert config["ensemble"]["oof_macro_f1"] > config["ensemble"]["best_single_oof_macro_f1"]
+    assert "ensemble of trials (weights): " in result.output and result.output.count("(0.50)") == 2
+    recorded = optuna.load_study(study_name="two", storage=url).user_attrs["maskopt_export"]
+    assert sorted(recorded["models"]) == ["member-trial-0/model.safetensors", "member-trial-1/model.safetensors"]
+    again = tmp_path / "again.csv"
+    result = run("predict", "--model", str(out), "--data", str(main_study.data), "--out", str(again),
+                 "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert again.read_text() == (out / "submission.csv").read_text()
+    page = tmp_path / "report.html"
+    result = run("report", "--storage", url, "--study", "two", "--artifacts", str(root / "artifacts"), "--out", str(page))
+    assert result.exit_code == 0, result.output  # the report reads an ensemble's export too
+    assert "member-trial-0/model.safetensors" in page.read_text()
