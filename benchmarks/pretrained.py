@@ -55,19 +55,19 @@ def spaces(*, folds: int, epochs: int, seed: int, weights: Path) -> dict:
     """The three maskopt spaces: pretrained search, from-scratch search, baseline.yaml's fixed params."""
     from maskopt.search.space import Choice, Component, Constant, Range, load_space
 
-    demo = load_space(B.ROOT / "spaces" / "tiny.yaml", check_names=False)
+    tiny = load_space(B.ROOT / "spaces" / "tiny.yaml", check_names=False)
     base = load_space(B.ROOT / "spaces" / "baseline.yaml", check_names=False)
     study = dict(folds=folds, epochs=epochs, seed=seed, data=None, layout="folders", amp=False, channels_last=False)
     common = dict(weight_decay=Constant(0.01), loss=Constant("ce"), optimizer=Constant("adamw"),
                   sampler=Constant("uniform"), image_size=Constant(IMAGE_SIZE), age_old=Constant(60),
                   head=Constant("single"))
     pretrained = dataclasses.replace(
-        demo, study=dataclasses.replace(demo.study, pretrained=True, weights=str(weights), **study),
-        dims=dict(demo.dims, **common, backbone=Constant(LITE0), lr=Range(1e-4, 3e-2, log=True),
+        tiny, study=dataclasses.replace(tiny.study, pretrained=True, weights=str(weights), **study),
+        dims=dict(tiny.dims, **common, backbone=Constant(LITE0), lr=Range(1e-4, 3e-2, log=True),
                   freeze_depth=Choice((2, 3, 4, 5)), aug_strength=Range(0.0, 0.5), batch_size=Choice((16, 32))))
     scratch = dataclasses.replace(
-        demo, study=dataclasses.replace(demo.study, pretrained=False, weights=None, **study),
-        dims=dict(demo.dims, **common, backbone=Choice(SCRATCH_BACKBONES), lr=Range(3e-4, 3e-2, log=True),
+        tiny, study=dataclasses.replace(tiny.study, pretrained=False, weights=None, **study),
+        dims=dict(tiny.dims, **common, backbone=Choice(SCRATCH_BACKBONES), lr=Range(3e-4, 3e-2, log=True),
                   freeze_depth=Constant(0), aug_strength=Range(0.0, 0.5), batch_size=Choice((16, 32))))
     baseline_dims = {k: Constant(v.value) for k, v in base.dims.items()}  # every baseline param is a constant
     baseline = dataclasses.replace(

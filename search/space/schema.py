@@ -341,6 +341,10 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
         v.fail("study.warmup_epochs", settings.warmup_epochs, "0 or more")
     if not settings.name.strip():
         v.fail("study.name", settings.name, "a non-empty name")
+    if settings.weights is not None and not settings.pretrained:
+        # Weights are read only for a pretrained start: without it they would be silently ignored.
+        v.fail("study.weights", settings.weights, "no weights unless study.pretrained is true (set pretrained: true "
+               "to start from them, or remove weights)")
     _check_components_build(v, settings)
     return settings
 

@@ -367,3 +367,10 @@ def test_cli_invalid_space_message_has_no_traceback(write_space, tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "x.db").exists()
     assert not (tmp_path / "maskopt.db").exists()
+
+
+def test_weights_without_pretrained_are_refused_not_ignored(write_space, space_dict):
+    message = space_error(write_space, space_dict(study={"weights": "weights/", "pretrained": False}))
+    assert "study.weights: got 'weights/'; expected no weights unless study.pretrained is true" in message
+    space = load_space(write_space(raw=space_dict(study={"weights": "weights/", "pretrained": True})))
+    assert space.study.weights == "weights/"
