@@ -27,6 +27,13 @@ _POOL_SIZE = 2
 _MAX_OVERFLOW = 4
 # libpq's connect timeout: without one an unreachable host blocks for minutes.
 _CONNECT_TIMEOUT_S = 10
+# A worker cut off from the server in the middle of a transaction (a network partition, a
+# machine that lost power) leaves its session "idle in transaction", holding row locks that
+# every other worker then waits on forever: TCP takes hours to notice a silent peer. The server
+# ends such a session after a minute, and probes idle connections every 30 s so it also notices
+# the dead peer itself; maskopt's own transactions last milliseconds.
+_SESSION_OPTIONS = ("-c idle_in_transaction_session_timeout=60s -c tcp_keepalives_idle=30 "
+                    "-c tcp_keepalives_interval=10 -c tcp_keepalives_count=3")
 
 # Workers that open a fresh database at the same instant race on creating the schema; the
 # losers see these. Retrying finds the tables (or the alembic stamp) the winner made.
@@ -156,10 +163,15 @@ def _engine_kwargs(parsed: URL) -> dict:
     if backend == "sqlite":
         return {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
     kwargs = {"pool_pre_ping": True, "pool_size": _POOL_SIZE, "max_overflow": _MAX_OVERFLOW}
-    # A connect_timeout in the URL's query string wins: SQLAlchemy lets connect_args override it.
-    libpq = parsed.get_driver_name() in ("psycopg2", "psycopg")
-    if libpq and "connect_timeout" not in parsed.query:
-        kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_S}
+    if parsed.get_driver_name() not in ("psycopg2", "psycopg"):
+        return kwargs
+    # Settings in the URL's query string win: SQLAlchemy lets connect_args override them.
+    connect_args = {}
+    if "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
+    if "options" not in parsed.query:
+        connect_args["options"] = _SESSION_OPTIONS
+    kwargs["connect_args"] = connect_args
     return kwargs
 
 

@@ -156,3 +156,14 @@ def test_heartbeat_requeues_the_trial_of_a_dead_worker(tmp_path):
     assert retried.state == TrialState.COMPLETE
     assert retried.params == failed.params
     assert retried.system_attrs["failed_trial"] == failed.number
+
+
+def test_postgres_sessions_cannot_hold_locks_forever(postgres_url):
+    """A worker cut off mid-transaction must not block the others: the server ends its session."""
+    import sqlalchemy
+
+    storage = open_storage(postgres_url, heartbeat_interval=None)
+    with storage.engine.connect() as connection:
+        show = lambda name: connection.execute(sqlalchemy.text(f"SHOW {name}")).scalar()  # noqa: E731
+        assert show("idle_in_transaction_session_timeout") == "1min"
+        assert show("tcp_keepalives_idle") == "30"
