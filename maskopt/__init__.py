@@ -11,7 +11,13 @@ fast; see :mod:`maskopt.api` for the functions.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from maskopt.errors import DataError, ExportError, MaskoptError, SpaceError, StorageError
+from maskopt.errors import (
+    DataError,
+    ExportError,
+    MaskoptError,
+    SpaceError,
+    StorageError,
+)
 
 try:
     __version__ = version("maskopt")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from maskopt.search.data.demo import make_demo_data
 from maskopt.search.export import ExportResult, export_best
-from maskopt.search.study.runner import SearchResult, run_search
 from maskopt.search.space import SearchSpace, load_space
+from maskopt.search.study.runner import SearchResult, run_search
 from maskopt.search.study.workers import run_workers
 from maskopt.storage import DEFAULT_ARTIFACT_DIR
 

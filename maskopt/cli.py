@@ -8,6 +8,7 @@ traceback, and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 
@@ -59,6 +60,12 @@ class LazyGroup(click.Group):
         The library names what the user can change by its Python argument, in backticks (see
         maskopt/errors.py); a name without a matching option stays as it is.
         """
+        flags = self._flags()
+        return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), m.group(0)), message)
+
+    @functools.cache
+    def _flags(self) -> dict[str, str]:
+        """Python parameter name -> the CLI option showing it, over every command (built once)."""
         flags = {}
         for name in COMMANDS:
             command = self.get_command(None, name)
@@ -69,7 +76,7 @@ class LazyGroup(click.Group):
         for library_name, option_name in LIBRARY_NAMES.items():
             if option_name in flags:
                 flags[library_name] = flags[option_name]
-        return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), m.group(0)), message)
+        return flags
 
     def format_commands(self, ctx, formatter):
         rows = [(name, short) for name, (_, _, short) in COMMANDS.items()]

@@ -6,7 +6,13 @@ import json
 
 import click
 
-from maskopt.commands.options import artifacts_option, cache_option, device_option, storage_option, threads_option
+from maskopt.commands.options import (
+    artifacts_option,
+    cache_option,
+    device_option,
+    storage_option,
+    threads_option,
+)
 
 
 @click.command("export-best")

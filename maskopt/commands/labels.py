@@ -35,7 +35,10 @@ def label_issues(storage, study_name, data, artifact_dir, top, limit, correction
       maskopt label-issues --study demo --top 3 --limit 20
       maskopt label-issues --study demo --write-corrections corrections/draft.csv
     """
-    from maskopt.search.report.label_issues import find_study_label_issues, write_corrections
+    from maskopt.search.report.label_issues import (
+        find_study_label_issues,
+        write_corrections,
+    )
 
     report = find_study_label_issues(storage_url=storage, study_name=study_name, data=data, artifact_dir=artifact_dir,
                                      top=top, limit=limit)

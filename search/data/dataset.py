@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from maskopt.search.data import labels as L
 
 from maskopt.errors import DataError, shorten
+from maskopt.search.data import labels as L
 
 LAYOUTS = ("auto", "competition", "csv", "folders")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

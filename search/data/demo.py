@@ -34,6 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tqdm.auto import tqdm
+
+from maskopt.errors import DataError
 from maskopt.search.data.labels import (
     GENDERS,
     MASK_OF_STEM,
@@ -42,10 +46,6 @@ from maskopt.search.data.labels import (
     age_band,
     encode,
 )
-from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
-
-from maskopt.errors import DataError
 
 RACE = "Asian"
 TRAIN_HEADER = ("id", "gender", "race", "age", "path")

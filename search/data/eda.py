@@ -11,11 +11,11 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from maskopt.search.data import labels as L
-from maskopt.search.data.dataset import ImageDataset
 from PIL import Image, ImageDraw, ImageOps
 
 from maskopt.errors import shorten
+from maskopt.search.data import labels as L
+from maskopt.search.data.dataset import ImageDataset
 
 AGE_BINS = (18, 20, 25, 30, 35, 40, 45, 50, 55, 58, 60, 61)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from maskopt.errors import DataError
 from maskopt.search.data.cache import load_images
 from maskopt.search.data.dataset import (
     EXCLUDE_BROKEN_HINT,
@@ -18,8 +20,6 @@ from maskopt.search.data.dataset import (
     format_problems,
 )
 from maskopt.search.data.folds import person_folds
-
-from maskopt.errors import DataError
 
 
 @dataclass

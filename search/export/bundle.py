@@ -24,6 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna_dashboard import save_note
+from safetensors.torch import save_model
+from tqdm.auto import tqdm
+
+from maskopt.errors import ExportError, SpaceError
 from maskopt.search.data import labels as L
 from maskopt.search.data.dataset import load_dataset
 from maskopt.search.data.prepared import prepare_data
@@ -49,15 +54,15 @@ from maskopt.search.study.runner import (
     check_study_name,
     setup_torch,
     top_trials,
-    trial_origin,
 )
-from maskopt.search.train.loop import TrainConfig, TrainingData, mean_std, train_fold, train_full
+from maskopt.search.train.loop import (
+    TrainConfig,
+    TrainingData,
+    mean_std,
+    train_fold,
+    train_full,
+)
 from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
-from optuna_dashboard import save_note
-from safetensors.torch import save_model
-from tqdm.auto import tqdm
-
-from maskopt.errors import ExportError, SpaceError
 
 EXPORT_ATTR = "maskopt_export"
 
@@ -257,7 +262,7 @@ def _export_trial(folder: Path, trial, params, settings, prepared, device, study
     train_labels = dataset.training_labels(params.age_old)
     best_epochs = list(TrialRecord.of(trial).best_epoch) or [settings.epochs]
     epochs = max(1, int(round(float(np.mean(best_epochs)))))
-    origin = trial_origin(trial)
+    origin = TrialRecord.of(trial).origin
     models = []
     if ensemble_folds:
         folds = prepared.folds(n_folds=settings.folds, seed=settings.seed)
@@ -311,11 +316,7 @@ def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
         ExportError: The best trial has none: without them there is nothing to select or fit on.
     """
 
-    fingerprint = dataset.fingerprint()
-    oofs = []
-    for trial in candidates:
-        oof = load_oof(trial, artifact_dir)
-        oofs.append(oof if oof is not None and oof.dataset == fingerprint and len(oof.probs) == len(dataset) else None)
+    oofs = [load_oof(trial, artifact_dir, dataset) for trial in candidates]
     if oofs[0] is None:
         raise ExportError(
             f"trial {candidates[0].number} of study {study_name!r} has no stored out-of-fold predictions for this "

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_model
+
+from maskopt.errors import DataError, ExportError, MaskoptError, shorten
 from maskopt.search.data import labels as L
 from maskopt.search.data.cache import load_images
 from maskopt.search.data.dataset import (
@@ -21,9 +24,6 @@ from maskopt.search.data.dataset import (
 from maskopt.search.study.runner import setup_torch
 from maskopt.search.train.loop import predict_rows
 from maskopt.search.train.models import HEADS, build_model, check_backbone
-from safetensors.torch import load_model
-
-from maskopt.errors import DataError, ExportError, MaskoptError, shorten
 
 CONFIG_FILE = "config.json"
 EXPORT_FORMAT = "maskopt-export/1"

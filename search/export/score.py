@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from maskopt.search.data import labels as L
-from maskopt.search.export.predict import _read_capped, _show
-from maskopt.search.train.loop import macro_f1
 from sklearn.metrics import confusion_matrix, f1_score
 
 from maskopt.errors import ExportError, shorten
+from maskopt.search.data import labels as L
+from maskopt.search.export.predict import _read_capped, _show
+from maskopt.search.train.loop import macro_f1
 
 
 @dataclass(frozen=True)

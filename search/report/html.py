@@ -30,6 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.trial import FrozenTrial, TrialState
+from PIL import Image
+from plotly.offline import get_plotlyjs
+
+from maskopt.errors import ExportError, MaskoptError
 from maskopt.search.data import labels as L
 from maskopt.search.export import (
     CONFIG_FILE,
@@ -52,11 +57,6 @@ from maskopt.storage import (
     redact,
     resolve_url,
 )
-from optuna.trial import FrozenTrial, TrialState
-from PIL import Image
-from plotly.offline import get_plotlyjs
-
-from maskopt.errors import ExportError, MaskoptError
 
 TOP_N = 10
 SUSPECTS_SHOWN = 24

@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from maskopt.errors import MaskoptError
 from maskopt.search.data import labels as L
 from maskopt.search.data.dataset import _read_corrections, load_dataset
 from maskopt.search.space import parse_space
 from maskopt.search.study.oof import find_label_issues, load_oof, macro_f1
 from maskopt.search.study.runner import SPACE_ATTR, top_trials
 from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
-
-from maskopt.errors import MaskoptError
 
 MAX_TRIALS = 50
 """Most complete trials looked at for stored OOF predictions (best first)."""
@@ -200,18 +200,14 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
         else {}
 
     candidates = top_trials(study, MAX_TRIALS)
-    fingerprint = dataset.fingerprint()
     used, oofs = [], []
-    # artifact_store creates a missing folder: look first, so a typo leaves no empty folder behind.
-    if artifact_dir.is_dir():
-        for trial in candidates:
-            oof = load_oof(trial, artifact_dir)
-            if oof is not None and oof.dataset == fingerprint and len(oof.probs) == len(dataset) \
-                    and oof.probs.shape[1] == dataset.num_classes:
-                used.append(trial.number)
-                oofs.append(oof)
-                if len(used) == top:
-                    break
+    for trial in candidates:
+        oof = load_oof(trial, artifact_dir, dataset)
+        if oof is not None:
+            used.append(trial.number)
+            oofs.append(oof)
+            if len(used) == top:
+                break
     if not oofs:
         where = f"{artifact_dir}/" + ("" if artifact_dir.is_dir() else " (no such folder)")
         have = (f"none of its {len(candidates)} complete trial(s)" if candidates

@@ -30,6 +30,8 @@ from typing import Any
 
 import timm.optim
 import yaml
+
+from maskopt.errors import MaskoptError, SpaceError, shorten
 from maskopt.search.data.dataset import LAYOUTS
 from maskopt.search.data.labels import OFFICIAL_AGE_OLD
 from maskopt.search.study.components import (
@@ -41,8 +43,6 @@ from maskopt.search.study.components import (
 from maskopt.search.train.losses import LOSSES
 from maskopt.search.train.models import HEADS, check_backbone
 from maskopt.search.train.sampling import CLASS_SAMPLERS
-
-from maskopt.errors import MaskoptError, SpaceError, shorten
 
 # --- parameters ---------------------------------------------------------------------------------
 

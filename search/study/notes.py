@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from maskopt.storage import artifact_store
 from matplotlib.figure import Figure
 from optuna_dashboard import save_note
+
+from maskopt.storage import artifact_store
 
 
 def record_trial_note(

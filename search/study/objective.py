@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from sklearn.metrics import confusion_matrix
+
 from maskopt.search.data.prepared import PreparedData
 from maskopt.search.space import SearchSpace, TrialParams
 from maskopt.search.study import record
@@ -29,15 +31,14 @@ from maskopt.search.study.components import reports_per_fold
 from maskopt.search.study.notes import record_trial_note
 from maskopt.search.study.oof import OutOfFold, save_oof
 from maskopt.search.train.loop import (
-    TrainConfig,
     NonFiniteLoss,
+    TrainConfig,
     TrainingData,
     fast_path,
     is_out_of_memory,
     train_fold,
 )
 from maskopt.search.train.models import count_parameters
-from sklearn.metrics import confusion_matrix
 
 
 def original_trial_number(trial: optuna.Trial) -> int:

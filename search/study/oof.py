@@ -25,9 +25,10 @@ from typing import NamedTuple
 import numpy as np
 import optuna
 from cleanlab.filter import find_label_issues as cleanlab_find
+from sklearn.metrics import f1_score
+
 from maskopt.search.study import record
 from maskopt.storage import artifact_store
-from sklearn.metrics import f1_score
 
 OFFSET_GRID = np.round(np.linspace(-2.0, 2.0, 81), 10)
 """Offsets tried for each class by :func:`fit_class_offsets`: -2 to 2 in steps of 0.05."""
@@ -482,17 +483,24 @@ def save_oof(trial, oof: OutOfFold, artifact_dir) -> str:
     return artifact_id
 
 
-def load_oof(trial, artifact_dir) -> OutOfFold | None:
-    """The stored OOF predictions of a (frozen) trial, or None when it has none or they are gone."""
+def load_oof(trial, artifact_dir, dataset=None) -> OutOfFold | None:
+    """The stored OOF predictions of a (frozen) trial, or None when it has none or they are gone.
 
-
+    With ``dataset``, only predictions of exactly that data count (its fingerprint, image and
+    class counts): another dataset's rows would be mixed with the wrong labels.
+    """
     artifact_id = trial.user_attrs.get(OOF_ATTR)
-    if not isinstance(artifact_id, str):
+    # artifact_store creates a missing folder: look first, so a typo leaves no empty folder behind.
+    if not isinstance(artifact_id, str) or not Path(artifact_dir).is_dir():
         return None
     try:
         with artifact_store(artifact_dir).open_reader(artifact_id) as f:
             data = np.load(io.BytesIO(f.read()), allow_pickle=False)
-            return OutOfFold(data["probs"].astype(np.float32), data["labels"].astype(np.int64),
-                             data["folds"].astype(np.int64), str(data["dataset"]))
+            oof = OutOfFold(data["probs"].astype(np.float32), data["labels"].astype(np.int64),
+                            data["folds"].astype(np.int64), str(data["dataset"]))
     except Exception:  # deleted, truncated, or another folder: the trial just has no OOF here
         return None
+    if dataset is not None and (oof.dataset != dataset.fingerprint()
+                                or oof.probs.shape != (len(dataset), dataset.num_classes)):
+        return None
+    return oof

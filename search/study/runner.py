@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from maskopt.errors import MaskoptError, SpaceError
 from maskopt.search.data.dataset import load_dataset
 from maskopt.search.data.prepared import prepare_data
 from maskopt.search.space import discrete_values
@@ -32,10 +36,6 @@ from maskopt.search.study.components import build_pruner, build_sampler
 from maskopt.search.study.objective import Objective
 from maskopt.search.study.record import TrialRecord
 from maskopt.storage import create_or_load_study, open_storage, redact, resolve_url
-from optuna.trial import TrialState
-from tqdm.auto import tqdm
-
-from maskopt.errors import MaskoptError, SpaceError
 
 SPACE_ATTR = record.SPACE  # kept as the runner's name for it: tests and benchmarks use it
 OBJECTIVE_NAME = "macro F1"
@@ -385,7 +385,7 @@ def run_search(
                 # Preemption sends SIGTERM: queue the trial again, so the next run resumes it
                 # from its checkpoint instead of sampling a new one.
                 _retry_callback(study)(study, interrupted)
-                if store is not None and store.path(trial_origin(interrupted)).exists():
+                if store is not None and store.path(TrialRecord.of(interrupted).origin).exists():
                     resumes = f"; trial {interrupted.number} resumes from its last epoch"
         except Exception:  # the storage may be what failed; the interruption is what to report
             pass
@@ -414,11 +414,6 @@ def _my_lost_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return None
 
 
-def trial_origin(trial: optuna.trial.FrozenTrial) -> int:
-    """The number of the trial that ``trial`` retries, or its own."""
-    return TrialRecord.of(trial).origin
-
-
 def _retried(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     """True when a retry of ``trial`` is already queued (or has run)."""
     return any(trial.number in t.system_attrs.get(record.RETRY_HISTORY, ()) for t in study.get_trials(deepcopy=False))
@@ -434,7 +429,7 @@ def _retry_callback(study: optuna.Study):
 
 def _live_origins(study: optuna.Study) -> set[int]:
     """Origins of the trials that may still resume: running ones and queued retries."""
-    return {trial_origin(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
+    return {TrialRecord.of(t).origin for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
 
 
 def _wait_for_running_trials(study: optuna.Study, n_trials: int, deadline: float | None, log) -> bool:

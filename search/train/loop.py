@@ -18,12 +18,13 @@ import timm.data
 import timm.optim
 import timm.scheduler
 import torch
+from sklearn.metrics import f1_score
+
 from maskopt.search.space import StudySettings, TrialParams
 from maskopt.search.train.augment import BatchAugment
 from maskopt.search.train.losses import LOSSES
 from maskopt.search.train.models import build_model
 from maskopt.search.train.sampling import CLASS_SAMPLERS
-from sklearn.metrics import f1_score
 
 
 class NonFiniteLoss(RuntimeError):

@@ -21,13 +21,13 @@ import timm
 import torch
 import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
-from maskopt.search.data.labels import NUM_CLASSES
 from timm.layers import FrozenBatchNormAct2d
 from timm.utils import freeze
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskopt.errors import MaskoptError
+from maskopt.search.data.labels import NUM_CLASSES
 
 HEADS = ("single", "multi")
 """``single``: one linear classifier over all classes; ``multi``: mask, gender and age heads."""

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import timm
 import torch
-from maskopt.search.train.models import check_backbone
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from maskopt.errors import MaskoptError
+from maskopt.search.train.models import check_backbone
 
 LAYOUTS = ("timm", "efficientnet_pytorch", "torchvision", "unknown")
 """Source layouts ``import_weights`` reports; all but ``timm`` are mapped by position."""
