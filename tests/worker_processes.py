@@ -69,6 +69,14 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> str:
     return out
 
 
+def run_to_completion(space: Path, data: Path, storage: str, trials: int, cache: Path, *extra: str) -> str:
+    """Run a worker until it exits; its output, once it exited 0."""
+    process = start_worker(space, data, storage, trials, cache, *extra)
+    out = finish(process)
+    assert process.returncode == 0, out
+    return out
+
+
 def kill(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     process.send_signal(sig)
     process.wait(timeout=60)

@@ -10,7 +10,9 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from worker_processes import finish, finished_and_running, kill, load, make_tiny_data, start_worker, wait_for_running_trial
+from worker_processes import (
+    finish, finished_and_running, kill, load, make_tiny_data, run_to_completion, start_worker, wait_for_running_trial,
+)
 
 from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
 from maskopt.search.space import parse_space
@@ -132,9 +134,7 @@ def test_sigkill_mid_fold_then_rerun_resumes_and_scores_as_uninterrupted(tiny_da
     # One per running trial (and maybe the temporary file of a save the kill cut short).
     assert [p.name for p in folder.glob("*.pt")] == [f"trial-{doomed.number}.pt"]
 
-    rerun = start_worker(space, tiny_data, storage, 1, tmp_path / "cache")
-    out = finish(rerun)
-    assert rerun.returncode == 0, out
+    run_to_completion(space, tiny_data, storage, 1, tmp_path / "cache")
     finished, running = finished_and_running(storage, name)
     assert running == [] and len(finished) == 1  # the total holds: the retry replaced the killed trial
     (retry,) = finished
@@ -161,9 +161,7 @@ def test_sigterm_queues_the_trial_and_the_rerun_resumes_it(tiny_data, tmp_path):
     trials = load(storage, name).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
 
-    rerun = start_worker(space, tiny_data, storage, 1, tmp_path / "cache")
-    out = finish(rerun)
-    assert rerun.returncode == 0, out
+    out = run_to_completion(space, tiny_data, storage, 1, tmp_path / "cache")
     trials = load(storage, name).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].user_attrs["resumed"]["epochs_inherited"] >= 2
@@ -179,9 +177,7 @@ def test_a_corrupt_checkpoint_is_noted_and_the_trial_starts_from_zero(tiny_data,
     checkpoint = tmp_path / "bad-checkpoints" / name / f"trial-{doomed.number}.pt"
     checkpoint.write_bytes(b"not a checkpoint")
 
-    rerun = start_worker(space, tiny_data, storage, 1, tmp_path / "cache")
-    out = finish(rerun)
-    assert rerun.returncode == 0, out
+    out = run_to_completion(space, tiny_data, storage, 1, tmp_path / "cache")
     assert "cannot be read" in out and "starting from zero" in out
     (retry,) = finished_and_running(storage, name)[0]
     assert retry.user_attrs["resumed"] is None and retry.user_attrs["epochs_trained_here"] == 2 * EPOCHS
