@@ -240,7 +240,9 @@ def test_worker_cut_off_mid_trial_is_retried_by_the_other_host(fresh_postgres_ur
         cmdline = Path(f"/proc/{a.pid}/cmdline").read_bytes().split(b"\0")
         assert b"maskopt" in cmdline and b"ip" not in cmdline[:1], cmdline
 
-        cut_trial = wait_for_running_trial(fresh_postgres_url, name, a, log=log_a)
+        # Mid-trial: its parameters are stored once it has scored an epoch (the worker stamp comes first).
+        cut_trial = wait_for_running_trial(fresh_postgres_url, name, a, log=log_a,
+                                           until=lambda trial: bool(trial.intermediate_values))
         b = start(worker_cmd(space, tiny_data, fresh_postgres_url, TRIALS, tmp_path / "cache-b",
                              "--worker-index", "1", *beat), log_b)
         second_host.cut()
