@@ -7,7 +7,7 @@ import click
 
 @click.command("make-demo-data")
 @click.argument("out", type=click.Path(file_okay=False, writable=True))
-@click.option("--persons", type=click.IntRange(min=2), default=200, show_default=True, help="Train persons.")
+@click.option("--persons", type=click.IntRange(min=2), default=400, show_default=True, help="Train persons.")
 @click.option("--eval-persons", type=click.IntRange(min=1), default=60, show_default=True, help="Eval persons.")
 @click.option("--size", type=click.IntRange(min=16), default=96, show_default=True, help="Photo side in pixels.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same files.")
@@ -29,7 +29,7 @@ def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: i
 
     \b
     Example:
-      maskopt make-demo-data demo-data --persons 200 --size 96
+      maskopt make-demo-data small-data --persons 100 --size 64
       maskopt make-demo-data noisy-data --label-noise 0.05
     """
     import shlex

@@ -146,7 +146,7 @@ class _Person:
 def make_demo_data(
     out: str | Path,
     *,
-    persons: int = 200,
+    persons: int = 400,
     eval_persons: int = 60,
     size: int = 96,
     seed: int = 0,
