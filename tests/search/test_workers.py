@@ -47,7 +47,8 @@ def test_sigkill_mid_trial_is_retried_by_another_worker(fresh_postgres_url, tiny
     cache = tmp_path / "cache"
     beat = ("--heartbeat-interval", "1")
     victim = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, *beat)
-    doomed = wait_for_running_trial(fresh_postgres_url, "crash", victim)
+    # Mid-trial: its parameters are all stored once it has scored an epoch (the worker stamp comes first).
+    doomed = wait_for_running_trial(fresh_postgres_url, "crash", victim, until=lambda trial: bool(trial.intermediate_values))
     kill(victim)
     time.sleep(2.5)  # past the grace period (twice the interval), so the next trial start sees it stale
     survivor = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, "--worker-index", "1", *beat)
@@ -111,7 +112,7 @@ def test_sigkill_then_immediate_rerun_on_sqlite_finishes_the_total(tiny_data, tm
     storage = f"sqlite:///{tmp_path / 'kill.db'}"
     space = write_space(tmp_path, "kill", epochs=3)
     victim = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
-    doomed = wait_for_running_trial(storage, "kill", victim)
+    doomed = wait_for_running_trial(storage, "kill", victim, until=lambda trial: bool(trial.intermediate_values))
     kill(victim)
 
     rerun = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
