@@ -12,13 +12,14 @@ user's input, with a message that says what, where and what to do.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from maskopt.search.data.demo import make_demo_data
 from maskopt.search.export import ExportResult, export_best
 from maskopt.search.space import SearchSpace, load_space
-from maskopt.search.study.runner import SearchResult, run_search
+from maskopt.search.study.runner import SearchResult, free_cores, run_search
 from maskopt.search.study.workers import run_workers
 from maskopt.storage import DEFAULT_ARTIFACT_DIR
 
@@ -58,7 +59,8 @@ def search(
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: Worker processes on this machine (one per GPU where there are GPUs).
         worker_index: This process's index among the workers sharing the study.
-        threads: CPU threads for torch per worker (default: the free cores).
+        threads: CPU threads for torch per worker (default: the free cores); the retrain gets
+            all the workers' threads.
         cache_dir: Decoded-image cache folder.
         artifact_dir: Trial artifacts (confusion matrices, out-of-fold predictions); None: none.
         heartbeat_interval: Seconds between heartbeats; a silent worker's trial is re-run.
@@ -74,6 +76,10 @@ def search(
     """
     if not isinstance(space, SearchSpace):
         space = load_space(space)
+    # The retrain gets all the workers' threads, counted now: measured after them, the load
+    # average would still count them for a minute and leave it one thread (1.7x slower on 2 cores).
+    threads = threads or max(1, free_cores() // workers)
+    export_threads = min(os.cpu_count() or 1, threads * workers)
     common = dict(n_trials=n_trials, storage_url=storage_url, data=data, study_name=study_name, seed=seed,
                   timeout=timeout,
                   exclude_broken=exclude_broken, device=device, cache_dir=cache_dir, threads=threads,
@@ -87,7 +93,7 @@ def search(
         return result
     log(f"retraining trial {result.best.number} on all data and exporting it")
     exported = export_best(storage_url=storage_url, study_name=result.study_name, data=data, force=True, device=device,
-                           threads=threads, cache_dir=cache_dir, progress=progress)
+                           threads=export_threads, cache_dir=cache_dir, progress=progress)
     return dataclasses.replace(result, export=exported)
 
 

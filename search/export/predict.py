@@ -58,7 +58,7 @@ def load_export(model_dir: str | Path, device) -> tuple[dict, list]:
         except Exception as e:  # safetensors and torch raise several types for a bad file; all mean the same
             raise ExportError(f"{path}: cannot load the weights ({shorten(str(e), 300)}); "
                               f"re-export with maskopt export-best") from None
-        models.append(model.to(device).eval())
+        models.append(model.to(device, memory_format=torch.channels_last).eval())  # see TrainConfig.channels_last
     return config, models
 
 
@@ -242,7 +242,8 @@ def predict_probs(model_dir: str | Path, paths, *, device, tta: bool, cache_dir:
     mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1)
     rows = np.arange(len(paths))
-    probs = sum(predict_rows(m, images, rows, device, mean, std, batch_size=64, flip=tta) for m in models)
+    probs = sum(predict_rows(m, images, rows, device, mean, std, batch_size=64, flip=tta, channels_last=True)
+                for m in models)
     return (probs / len(models)).numpy()
 
 

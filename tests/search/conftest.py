@@ -40,7 +40,6 @@ TINY_STUDY = {
     "pruner": "none",
     "warmup_epochs": 0.0,
     "amp": False,
-    "channels_last": False,
 }
 
 

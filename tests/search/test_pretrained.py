@@ -74,7 +74,7 @@ def search(root: Path, data: Path, cache_dir: Path, *, pretrained: bool, weights
     """One trial of one fixed configuration: lite0 at 48 px, stages 1-4 of 5 frozen, 2 folds x 3 epochs."""
     name = "pretrained" if pretrained else "scratch"
     study = {"name": name, "data": str(data), "folds": 2, "epochs": 3, "seed": 0, "sampler": "tpe", "pruner": "none",
-             "warmup_epochs": 0.0, "amp": False, "channels_last": False, "pretrained": pretrained}
+             "warmup_epochs": 0.0, "amp": False, "pretrained": pretrained}
     if weights is not None:
         study["weights"] = str(weights)
     params = {"backbone": LITE0, "lr": 3.0e-3, "weight_decay": 0.01, "batch_size": 16, "freeze_depth": 4,

@@ -60,7 +60,7 @@ def test_complete_trials_carry_the_per_fold_attributes(main_study):
         assert attrs["seconds"] > 0 and attrs["images_per_second"] > 0 and attrs["peak_memory_mb"] > 0
         assert isinstance(attrs["param_count"], int) and attrs["param_count"] > 100_000
         assert attrs["device"] == "cpu"
-        assert attrs["fast_path"] == {"amp": "off", "channels_last": False, "compile": False, "cudnn_benchmark": False}
+        assert attrs["fast_path"] == {"amp": "off", "channels_last": True, "compile": False, "cudnn_benchmark": False}
         assert attrs["epochs_trained"] == 12
         assert np.asarray(attrs["confusion"]).shape == (18, 18)
         # Epoch reporting: one value per epoch of every fold, steps 0..11.

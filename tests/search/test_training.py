@@ -69,7 +69,9 @@ def test_training_with_reused_buffers_equals_training_with_fresh_batches(monkeyp
 
 def test_fast_path_records_what_a_trial_really_runs_with(space_dict):
     settings = parse_space(space_dict(study={"amp": False, "channels_last": True, "compile": True})).study
-    off = {"amp": "off", "channels_last": False, "compile": False, "cudnn_benchmark": False}
-    assert fast_path(CPU, settings) == off  # the GPU settings do nothing on the CPU
+    on_cpu = {"amp": "off", "channels_last": True, "compile": False, "cudnn_benchmark": False}
+    assert fast_path(CPU, settings) == on_cpu  # AMP and compile are CUDA-only; channels-last helps the CPU too
+    no_channels_last = parse_space(space_dict(study={"channels_last": False})).study
+    assert fast_path(CPU, no_channels_last)["channels_last"] is False
     on_gpu = fast_path(torch.device("cuda"), settings)  # no GPU needed: amp off asks CUDA nothing
     assert on_gpu["amp"] == "off" and on_gpu["channels_last"] is True and on_gpu["compile"] is True
