@@ -163,10 +163,13 @@ def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
     """The sampler's seed for one run of one worker: reproducible, but never the same twice.
 
     Workers seeded alike would draw the same random points, and so would every rerun of a
-    resumed study; the worker's index and the number of trials already in the study tell them
-    apart. The same seed, space and history still give the same proposals.
+    resumed study; the worker's index and the number of trials already finished tell them
+    apart. The same seed, space and history still give the same proposals. Finished, not all:
+    workers started together on a fresh study would otherwise be seeded by which of them
+    happened to create its first trial before the others opened the study.
     """
-    return seed + SAMPLER_SEED_STRIDE * worker_index + len(study.get_trials(deepcopy=False))
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return seed + SAMPLER_SEED_STRIDE * worker_index + len(finished)
 
 
 def free_cores() -> int:

@@ -18,7 +18,7 @@ from maskopt.search.train.losses import LOSSES
 from maskopt.search.data.dataset import load_dataset
 from maskopt.search.study import record
 from maskopt.search.study.record import TrialRecord
-from maskopt.search.study.runner import SPACE_ATTR, counted_trials, run_search, top_trials
+from maskopt.search.study.runner import SPACE_ATTR, counted_trials, run_search, sampler_seed, top_trials
 from maskopt.search.space import load_space, parse_space
 
 FOLD_ATTRS = ("fold_f1", "fold_accuracy", "best_epoch")
@@ -313,3 +313,13 @@ def test_missing_dataset_writes_no_storage(write_space, tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: dataset not found: {tmp_path / 'nowhere'} does not exist")
     assert not db.exists()
+
+
+def test_sampler_seed_counts_finished_trials_not_a_starting_workers_running_one():
+    study = optuna.create_study()
+    fresh = sampler_seed(0, 1, study)
+    running = study.ask()  # another worker, started at the same time, already made its first trial
+    assert sampler_seed(0, 1, study) == fresh
+    study.tell(running, 0.5)
+    assert sampler_seed(0, 1, study) != fresh  # a rerun of a resumed study draws new points
+    assert sampler_seed(0, 0, study) != sampler_seed(0, 1, study)
