@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick] [--threads N]``: run benchmarks, print, save JSON.
 
 Names: loop, data, pruning, search, storage, memory (the default set, in that order); gpu (see
-benchmarks/gpu.sh), labels, resume and pretrained run only when named. Results go to
+benchmarks/gpu.sh), labels, resume, pretrained and channels_last run only when named. Results go to
 benchmarks/results/<name>.json.
 """
 
@@ -30,6 +30,7 @@ MODULES = {
     "labels": "label_noise",
     "resume": "resume",
     "pretrained": "pretrained",
+    "channels_last": "memory_format",
 }
 DEFAULT = ("loop", "data", "pruning", "search", "storage", "memory")
 ALIASES = {module: name for name, module in MODULES.items()}
