@@ -19,7 +19,7 @@ from pathlib import Path
 from maskopt.search.data.demo import make_demo_data
 from maskopt.search.export import ExportResult, export_best
 from maskopt.search.space import SearchSpace, load_space
-from maskopt.search.study.runner import SearchResult, free_cores, run_search
+from maskopt.search.study.runner import SearchResult, run_search, threads_per_worker
 from maskopt.search.study.workers import run_workers
 from maskopt.storage import DEFAULT_ARTIFACT_DIR
 
@@ -78,7 +78,7 @@ def search(
         space = load_space(space)
     # The retrain gets all the workers' threads, counted now: measured after them, the load
     # average would still count them for a minute and leave it one thread (1.7x slower on 2 cores).
-    threads = threads or max(1, free_cores() // workers)
+    threads = threads or threads_per_worker(workers)
     export_threads = min(os.cpu_count() or 1, threads * workers)
     common = dict(n_trials=n_trials, storage_url=storage_url, data=data, study_name=study_name, seed=seed,
                   timeout=timeout,

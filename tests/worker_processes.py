@@ -86,6 +86,11 @@ def load(storage: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def scored_an_epoch(trial: optuna.trial.FrozenTrial) -> bool:
+    """Mid-trial: the worker stamp is stored first, the parameters next, an epoch's score after them."""
+    return bool(trial.intermediate_values)
+
+
 def wait_for_running_trial(storage: str, name: str, process: subprocess.Popen, *, log: Path | None = None,
                            until=lambda trial: True, timeout: float = 180) -> optuna.trial.FrozenTrial:
     """The RUNNING trial of worker ``process`` (stamped host:pid) once ``until(trial)`` holds."""

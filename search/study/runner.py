@@ -168,7 +168,7 @@ def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
     workers started together on a fresh study would otherwise be seeded by which of them
     happened to create its first trial before the others opened the study.
     """
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    finished = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
     return seed + SAMPLER_SEED_STRIDE * worker_index + len(finished)
 
 
@@ -176,6 +176,11 @@ def free_cores() -> int:
     """Cores not already busy: the core count minus the 1-minute load average, at least 1."""
     cores = os.cpu_count() or 1
     return max(1, int(cores - os.getloadavg()[0] + 0.5))
+
+
+def threads_per_worker(n_workers: int) -> int:
+    """Each of ``n_workers`` worker processes' share of the free cores, at least one thread."""
+    return max(1, free_cores() // n_workers)
 
 
 def setup_torch(device: str, threads: int | None = None):

@@ -51,9 +51,9 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
     """
     from maskopt.search.study.runner import (
         SearchInterrupted,
-        free_cores,
         open_search,
         summary_of,
+        threads_per_worker,
     )
     from maskopt.storage import redact, resolve_url
 
@@ -67,7 +67,7 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
     opened = open_search(space, storage_url=url, log=log, **open_kwargs)
 
     gpus = _gpu_count(device)
-    per_worker_threads = threads or max(1, free_cores() // n_workers)
+    per_worker_threads = threads or threads_per_worker(n_workers)
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(n_workers):

@@ -12,7 +12,8 @@ import time
 import pytest
 from optuna.trial import TrialState
 from worker_processes import (
-    finish, finished_and_running, kill, load, make_tiny_data, start_worker, wait_for_running_trial, write_space,
+    finish, finished_and_running, kill, load, make_tiny_data, scored_an_epoch, start_worker, wait_for_running_trial,
+    write_space,
 )
 
 pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each
@@ -47,8 +48,7 @@ def test_sigkill_mid_trial_is_retried_by_another_worker(fresh_postgres_url, tiny
     cache = tmp_path / "cache"
     beat = ("--heartbeat-interval", "1")
     victim = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, *beat)
-    # Mid-trial: its parameters are all stored once it has scored an epoch (the worker stamp comes first).
-    doomed = wait_for_running_trial(fresh_postgres_url, "crash", victim, until=lambda trial: bool(trial.intermediate_values))
+    doomed = wait_for_running_trial(fresh_postgres_url, "crash", victim, until=scored_an_epoch)
     kill(victim)
     time.sleep(2.5)  # past the grace period (twice the interval), so the next trial start sees it stale
     survivor = start_worker(space, tiny_data, fresh_postgres_url, 5, cache, "--worker-index", "1", *beat)
@@ -112,7 +112,7 @@ def test_sigkill_then_immediate_rerun_on_sqlite_finishes_the_total(tiny_data, tm
     storage = f"sqlite:///{tmp_path / 'kill.db'}"
     space = write_space(tmp_path, "kill", epochs=3)
     victim = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
-    doomed = wait_for_running_trial(storage, "kill", victim, until=lambda trial: bool(trial.intermediate_values))
+    doomed = wait_for_running_trial(storage, "kill", victim, until=scored_an_epoch)
     kill(victim)
 
     rerun = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")

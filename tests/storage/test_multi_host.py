@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 from worker_processes import (
-    FINISHED, load, make_tiny_data, wait_for_running_trial, worker_cmd, write_space,
+    FINISHED, load, make_tiny_data, scored_an_epoch, wait_for_running_trial, worker_cmd, write_space,
 )
 
 pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each
@@ -240,9 +240,7 @@ def test_worker_cut_off_mid_trial_is_retried_by_the_other_host(fresh_postgres_ur
         cmdline = Path(f"/proc/{a.pid}/cmdline").read_bytes().split(b"\0")
         assert b"maskopt" in cmdline and b"ip" not in cmdline[:1], cmdline
 
-        # Mid-trial: its parameters are stored once it has scored an epoch (the worker stamp comes first).
-        cut_trial = wait_for_running_trial(fresh_postgres_url, name, a, log=log_a,
-                                           until=lambda trial: bool(trial.intermediate_values))
+        cut_trial = wait_for_running_trial(fresh_postgres_url, name, a, log=log_a, until=scored_an_epoch)
         b = start(worker_cmd(space, tiny_data, fresh_postgres_url, TRIALS, tmp_path / "cache-b",
                              "--worker-index", "1", *beat), log_b)
         second_host.cut()
