@@ -28,6 +28,7 @@ from maskopt.search.space import SearchSpace, TrialParams
 from maskopt.search.study import record
 from maskopt.search.study.checkpoints import CheckpointStore
 from maskopt.search.study.components import reports_per_fold
+from maskopt.search.study.interrupts import raise_if_interrupted
 from maskopt.search.study.notes import record_trial_note
 from maskopt.search.study.oof import OutOfFold, save_oof
 from maskopt.search.train.loop import (
@@ -145,6 +146,7 @@ class Objective:
 
                 def on_epoch(epoch: int, f1: float, accuracy: float, fold=fold, best_in_fold=best_in_fold) -> None:
                     nonlocal epochs_trained
+                    raise_if_interrupted()  # a signal whose KeyboardInterrupt was swallowed
                     epochs_trained += 1
                     best_in_fold[0] = max(best_in_fold[0], f1)
                     if per_fold:

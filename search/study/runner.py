@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import signal
 import socket
 import textwrap
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from maskopt.search.space import discrete_values
 from maskopt.search.study import record
 from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
 from maskopt.search.study.components import build_pruner, build_sampler
+from maskopt.search.study.interrupts import interrupts_stop_the_search, raise_if_interrupted
 from maskopt.search.study.objective import Objective
 from maskopt.search.study.record import TrialRecord
 from maskopt.storage import create_or_load_study, open_storage, redact, resolve_url
@@ -358,6 +357,7 @@ def run_search(
             tqdm.write(line)
         else:
             log(line)
+        raise_if_interrupted()
         if counted >= n_trials and not _has_waiting(study):
             study.stop()
 
@@ -368,7 +368,7 @@ def run_search(
                           epoch_bar=epoch_bar if progress else None, artifact_dir=artifact_dir,
                           checkpoints=store, log=note)
     try:
-        with _sigterm_as_interrupt():
+        with interrupts_stop_the_search():
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 if _trials_left(study, n_trials):
@@ -457,6 +457,7 @@ def _wait_for_running_trials(study: optuna.Study, n_trials: int, deadline: float
             log("waiting for other workers' running trials: one whose worker dies is re-run here")
             told = True
         time.sleep(WAIT_POLL_SECONDS)
+        raise_if_interrupted()
         recover_dead_trials(study)
         if _trials_left(study, n_trials):
             return True
@@ -530,24 +531,3 @@ def format_params(params: dict, *, width: int = 80, indent: str = "    ") -> str
 def format_value(value) -> str:
     """A parameter value as people read it: floats to 3 significant digits."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-class _sigterm_as_interrupt:
-    """Treat SIGTERM like Ctrl-C, so Optuna marks the running trial FAIL before we exit."""
-
-    def __enter__(self):
-        def handler(signum, frame):
-            raise KeyboardInterrupt
-
-        self.previous = signal.signal(signal.SIGTERM, handler) if _main_thread() else None
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-        return False
-
-
-def _main_thread() -> bool:
-
-    return threading.current_thread() is threading.main_thread()
