@@ -35,19 +35,20 @@ class interrupts_stop_the_search:
     """
 
     def __enter__(self):
-        _requested.clear()
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
+        self.main_thread = threading.current_thread() is threading.main_thread()
+        if self.main_thread:
+            _requested.clear()
             self.previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
-        self.previous_hook = sys.unraisablehook
-        sys.unraisablehook = self._unraisable
+            self.previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        sys.unraisablehook = self.previous_hook
-        _requested.clear()
+        if self.main_thread:
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
+            sys.unraisablehook = self.previous_hook
+            _requested.clear()
         return False
 
     def _unraisable(self, info) -> None:

@@ -81,3 +81,19 @@ def test_a_search_stops_when_the_signal_is_swallowed_mid_epoch(demo_data, cache_
     assert printed == []
     trials = optuna.load_study(study_name="swallowed", storage=url).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # queued again to resume
+
+
+def test_a_search_in_another_thread_leaves_the_process_handlers_alone():
+    import threading
+
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)], sys.unraisablehook
+    seen = []
+
+    def in_thread():
+        with interrupts_stop_the_search():
+            seen.append(([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)], sys.unraisablehook))
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == [before]
