@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import optuna
 import pytest
@@ -84,8 +85,6 @@ def test_a_search_stops_when_the_signal_is_swallowed_mid_epoch(demo_data, cache_
 
 
 def test_a_search_in_another_thread_leaves_the_process_handlers_alone():
-    import threading
-
     before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)], sys.unraisablehook
     seen = []
 
