@@ -76,8 +76,8 @@ def search(
     """
     if not isinstance(space, SearchSpace):
         space = load_space(space)
-    # The retrain gets all the workers' threads, counted now: measured after them, the load
-    # average would still count them for a minute and leave it one thread (1.7x slower on 2 cores).
+    # The retrain gets all the workers' threads, counted before they start: they are this
+    # search's own cores, whatever else starts on the machine meanwhile.
     threads = threads or threads_per_worker(workers)
     export_threads = min(os.cpu_count() or 1, threads * workers)
     common = dict(n_trials=n_trials, storage_url=storage_url, data=data, study_name=study_name, seed=seed,

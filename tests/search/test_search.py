@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import optuna
@@ -18,7 +22,9 @@ from maskopt.search.train.losses import LOSSES
 from maskopt.search.data.dataset import load_dataset
 from maskopt.search.study import record
 from maskopt.search.study.record import TrialRecord
-from maskopt.search.study.runner import SPACE_ATTR, counted_trials, run_search, sampler_seed, top_trials
+from maskopt.search.study.runner import (
+    SPACE_ATTR, _busy_cores, counted_trials, free_cores, run_search, sampler_seed, threads_per_worker, top_trials,
+)
 from maskopt.search.space import load_space, parse_space
 
 FOLD_ATTRS = ("fold_f1", "fold_accuracy", "best_epoch")
@@ -323,3 +329,21 @@ def test_sampler_seed_counts_finished_trials_not_a_starting_workers_running_one(
     study.tell(running, 0.5)
     assert sampler_seed(0, 1, study) != fresh  # a rerun of a resumed study draws new points
     assert sampler_seed(0, 0, study) != sampler_seed(0, 1, study)
+
+
+# --- threads: the cores that are free when a search or an export starts -------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+                    reason="measures the cores in use from /proc/stat (Linux), and needs 2 cores to see one busy")
+def test_a_core_busy_right_now_is_not_counted_as_free():
+    # The 1-minute load average would not see this process for tens of seconds.
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert _busy_cores(0.25) >= 0.8
+        assert free_cores() <= os.cpu_count() - 1
+        assert threads_per_worker(os.cpu_count()) == 1
+    finally:
+        spinner.kill()
+        spinner.wait()
