@@ -49,7 +49,7 @@ test-data:
 	scripts/install-test-data
 
 test: venv-test postgres chromium test-data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10  # the slowest tests, to keep the suite well under 15 minutes
 
 bench: venv
 	$(BIN)/python -m benchmarks --quick
