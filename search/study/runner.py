@@ -174,8 +174,8 @@ def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
 def free_cores(window: float = 0.25) -> int:
     """Cores not already busy, at least 1: the core count minus the cores in use.
 
-    On Linux the use is measured now, over ``window`` seconds of ``/proc/stat``. The 1-minute
-    load average (used elsewhere) lags: right after a 2-worker search it still counts both
+    On Linux the use is measured now, over ``window`` seconds of ``/proc/stat``; elsewhere it is
+    the 1-minute load average, which lags: right after a 2-worker search it still counts both
     workers, and an ``export-best`` started then trained on one of two idle cores, 1.7x slower.
     """
     cores = os.cpu_count() or 1
@@ -210,8 +210,9 @@ def threads_per_worker(n_workers: int) -> int:
 def setup_torch(device: str, threads: int | None = None):
     """The torch device for ``auto``, ``cpu`` or ``cuda``, with threads and cuDNN set up.
 
-    ``threads`` defaults to the cores that are free now (``free_cores``, at least one). Oversubscribed torch threads spin-wait: two 2-thread processes on 2 cores were measured
-    at 7 img/s against 370 img/s for one thread each, so a busy machine gets fewer threads.
+    ``threads`` defaults to the cores that are free now (``free_cores``, at least one).
+    Oversubscribed torch threads spin-wait: two 2-thread processes on 2 cores were measured at
+    7 img/s against 370 img/s for one thread each, so a busy machine gets fewer threads.
     """
 
     if device == "cuda" and not torch.cuda.is_available():
