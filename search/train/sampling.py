@@ -16,9 +16,7 @@ def uniform_order(labels: np.ndarray, generator: torch.Generator) -> torch.Tenso
 def balanced_order(labels: np.ndarray, generator: torch.Generator) -> torch.Tensor:
     """As many draws as images, with replacement, weighted inversely to class frequency, so
     that every class is seen about equally often."""
-    counts = np.bincount(labels)
-    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
-    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+    return _draws(1.0 / _class_sizes(labels), generator)
 
 
 def sqrt_balanced_order(labels: np.ndarray, generator: torch.Generator) -> torch.Tensor:
@@ -27,9 +25,18 @@ def sqrt_balanced_order(labels: np.ndarray, generator: torch.Generator) -> torch
     class 25x rarer is drawn 5x less often instead of as often. ``balanced_order`` repeats a
     12-image class about as often as a 600-image one and, in a short training, leaves most
     images of the common classes unseen."""
-    counts = np.bincount(labels)
-    weights = torch.as_tensor(1.0 / np.sqrt(counts[labels]), dtype=torch.float64)
-    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+    return _draws(1.0 / np.sqrt(_class_sizes(labels)), generator)
+
+
+def _class_sizes(labels: np.ndarray) -> np.ndarray:
+    """The size of each image's class."""
+    return np.bincount(labels)[labels]
+
+
+def _draws(weights: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    """As many draws as there are images, with replacement, by the images' ``weights``."""
+    return torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), len(weights), replacement=True,
+                             generator=generator)
 
 
 CLASS_SAMPLERS: dict[str, Callable[[np.ndarray, torch.Generator], torch.Tensor]] = {
