@@ -40,7 +40,8 @@ class Config:
         threads: torch threads (and decode threads / DataLoader workers) for each side.
         workdir: A scratch folder for demo data, caches and storages (deleted afterwards).
         seed: Base seed.
-        verbose: Print per-trial lines and per-repetition times.
+        verbose: Print per-trial lines (maskopt's log, see :func:`show_search_lines`) and
+            per-repetition times.
         device: ``cpu``, ``cuda`` or ``auto``: the GPU benchmark's device; ``cuda`` also moves the
             search benchmark to the GPU (the others always run on the CPU).
         dry_run: The GPU benchmark's tiny CPU smoke run.
@@ -88,6 +89,28 @@ def setup_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work already ran
         pass
+
+
+def show_search_lines(verbose: bool) -> None:
+    """With ``verbose``, print maskopt's per-trial lines, dataset notes and warnings as debug lines.
+
+    The library logs them with Python's ``logging`` under the ``maskopt`` logger; without a
+    handler only its warnings reach stderr (Python's last-resort handler), which is what the
+    benchmarks want when not verbose.
+    """
+    if not verbose:
+        return
+    import logging
+    import sys
+
+    logger = logging.getLogger("maskopt")
+    if any(getattr(h, "benchmarks_handler", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("    %(message)s"))
+    handler.benchmarks_handler = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -323,7 +346,7 @@ def demo_data(cfg: Config, *, persons: int, size: int = 64, eval_persons: int = 
 
     out = cfg.workdir / f"demo-{persons}p-{size}px"
     if not (out / "train" / "train.csv").exists():
-        make_demo_data(out, persons=persons, eval_persons=eval_persons, size=size, seed=cfg.seed)
+        make_demo_data(out, persons=persons, eval_persons=eval_persons, size=size, seed=cfg.seed, quiet=True)
     return out
 
 
@@ -332,8 +355,8 @@ def warm_up(cfg: Config, data: Path, image_size: int, backbones=("mobilenetv3_sm
     """Pay the one-time costs (image cache, timm imports, first model build) before any side runs."""
     import torch
 
-    from maskopt.search.data.prepared import prepare_data
     from maskopt.search.data.dataset import load_dataset
+    from maskopt.search.data.prepared import prepare_data
     from maskopt.search.train.models import build_model
 
     prepare_data(load_dataset(data), image_sizes=[image_size], cache_dir=cfg.workdir / "cache")
@@ -356,15 +379,18 @@ def benchmark_space(*, folds: int, epochs: int, image_size: int, **study):
 
 def trial_table(study) -> list[dict]:
     """Finished trials of a study as plain dicts (state, value, times, epochs trained)."""
+    from maskopt.search.study.record import TrialRecord
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.datetime_start is None or t.datetime_complete is None:
             continue
+        record = TrialRecord.of(t)
         rows.append({
-            "number": t.number, "state": t.state.name, "value": t.value,
+            "number": record.number, "state": record.state.name, "value": record.value,
             "start": t.datetime_start.timestamp(), "complete": t.datetime_complete.timestamp(),
-            "epochs_trained": t.user_attrs.get("epochs_trained"), "seconds": t.user_attrs.get("seconds"),
-            "pruned_after_folds": t.user_attrs.get("pruned_after_folds"),
-            "params": t.params,
+            "epochs_trained": record.epochs_trained, "seconds": record.seconds,
+            "pruned_after_folds": record.pruned_after_folds,
+            "params": record.params,
         })
     return rows

@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="maskopt-bench-"))
     cfg = B.Config(quick=args.quick, threads=args.threads, workdir=workdir, seed=args.seed, verbose=args.verbose,
                    device=args.device, dry_run=args.dry_run, budget=args.budget)
+    B.show_search_lines(args.verbose)
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     info = B.machine_info()
     print(f"maskopt benchmarks ({'quick' if args.quick else 'full'}): {', '.join(names)}")

@@ -32,14 +32,21 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     import numpy as np
     import torch
 
-    from maskopt.search.space import StudySettings, TrialParams
-    from maskopt.search.train.models import count_parameters
+    from maskopt.search.space import StudySettings
     from maskopt.search.train.loop import (
-        TrainConfig, TrainingData, autocast_dtype, fast_path, normalisation, predict_rows, train_fold,
+        TrainingData,
+        autocast_dtype,
+        fast_path,
+        normalisation,
+        predict_rows,
+        train_fold,
     )
+    from maskopt.search.train.models import count_parameters
+    from maskopt.search.train.params import TrialParams
 
     on_cuda = device.type == "cuda"
-    settings = StudySettings(epochs=1, warmup_epochs=0.0, amp=amp, channels_last=channels_last, compile=False)
+    config = StudySettings(epochs=1, warmup_epochs=0.0, amp=amp, channels_last=channels_last,
+                           compile=False).train_config()
     params = TrialParams(backbone=backbone, lr=1e-4, weight_decay=0.05, batch_size=batch, freeze_depth=0,
                          sampler="uniform", aug_strength=0.0, loss="ce", optimizer="adamw", image_size=IMAGE_SIZE,
                          age_old=60, head="single")
@@ -52,7 +59,7 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     def data(count):
         return TrainingData(images, rows[:count], labels[:count], rows[:0], labels[:0])
 
-    kwargs = dict(config=TrainConfig.of(settings), num_classes=18, device=device, seed=seed)
+    kwargs = dict(config=config, num_classes=18, device=device, seed=seed)
     train_fold(params, data(batch * warmup_steps), **kwargs)  # cuDNN autotuning, allocator warm-up
     if on_cuda:
         torch.cuda.synchronize()
@@ -65,8 +72,8 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
     images_gib = images.numel() * images.element_size() / 2**30
 
     mean, std = normalisation(model, device)
-    autocast = autocast_dtype(device, settings)
-    channels_last = on_cuda and settings.channels_last
+    autocast = autocast_dtype(device, config)
+    channels_last = on_cuda and config.channels_last
     predict_rows(model, images, rows[:batch * 2], device, mean, std, batch_size=batch * 2, amp_dtype=autocast,
                  channels_last=channels_last)
     if on_cuda:
@@ -85,7 +92,7 @@ def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int,
             "images_on_gpu_gib": images_gib,
             "peak_without_images_gib": None if peak_train is None else peak_train - images_gib,
             "infer_images_per_second": n / ti.seconds, "params_millions": round(params_m, 1),
-            **fast_path(device, settings)}
+            **fast_path(device, config)}
 
 
 def run(cfg: B.Config) -> B.Report:

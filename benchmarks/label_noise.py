@@ -56,26 +56,26 @@ def _export_score(cfg: B.Config, url: str, study_name: str, data, corrections, t
     """Eval macro F1 of the best trial retrained with ``corrections`` (a copy of the study)."""
     import optuna
 
-    from maskopt.search.export import export_best, score_submission
-    from maskopt.search.study.runner import SPACE_ATTR
+    from maskopt.search.export import export_best, score
+    from maskopt.search.study import record
 
     name = f"{study_name}-{tag}"
     optuna.copy_study(from_study_name=study_name, from_storage=url, to_storage=url, to_study_name=name)
     copy = optuna.load_study(study_name=name, storage=url)
-    space = copy.user_attrs[SPACE_ATTR]
-    space["study"]["corrections"] = None if corrections is None else str(corrections)
-    copy.set_user_attr(SPACE_ATTR, space)
+    space = record.StudyRecord.of(copy).space
+    settings = dataclasses.replace(space.study, corrections=None if corrections is None else str(corrections))
+    copy.set_user_attr(record.SPACE, dataclasses.replace(space, study=settings).to_dict())
     out = cfg.workdir / f"export-{tag}"
-    result = export_best(storage_url=url, study_name=name, data=data, out=out, device="cpu", threads=cfg.threads,
-                         cache_dir=cfg.workdir / "cache", progress=False)
-    return score_submission(result.submission, data / "eval" / "solution.csv").macro_f1
+    result = export_best(storage=url, study=name, data=data, out=out, device="cpu", threads=cfg.threads,
+                         cache_dir=cfg.workdir / "cache", quiet=True)
+    return score(result.submission, data / "eval" / "solution.csv").macro_f1
 
 
 def run(cfg: B.Config) -> B.Report:
     from maskopt.search.data.demo import make_demo_data
-    from maskopt.search.report.label_issues import find_study_label_issues, write_corrections
-    from maskopt.search.study.runner import run_search
+    from maskopt.search.report.label_issues import label_issues, write_corrections_draft
     from maskopt.search.space import Constant
+    from maskopt.search.study.runner import run_search
 
     quick = cfg.quick
     persons, eval_persons = (40, 12) if quick else (160, 40)
@@ -83,7 +83,8 @@ def run(cfg: B.Config) -> B.Report:
     folds, epochs, trials, top = (3, 8, 2, 2) if quick else (3, 8, 6, 3)
     noise = 0.1
     data = cfg.workdir / f"noisy-{persons}p"
-    make_demo_data(data, persons=persons, eval_persons=eval_persons, size=size, seed=cfg.seed, label_noise=noise)
+    make_demo_data(data, persons=persons, eval_persons=eval_persons, size=size, seed=cfg.seed, label_noise=noise,
+                   quiet=True)
     truth = _truth(data)
 
     space = B.benchmark_space(folds=folds, epochs=epochs, image_size=image_size, data=str(data), name="labels")
@@ -92,11 +93,11 @@ def run(cfg: B.Config) -> B.Report:
     url = f"sqlite:///{cfg.workdir / 'labels.db'}"
     artifacts = cfg.workdir / "artifacts"
     with B.Timer() as search_time:
-        run_search(space, n_trials=trials, storage_url=url, study_name="labels", seed=cfg.seed, device="cpu",
-                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, artifact_dir=artifacts, checkpoints=False,
-                   heartbeat_interval=None, progress=False, log=cfg.debug)
+        run_search(space, trials=trials, storage=url, study="labels", seed=cfg.seed, device="cpu",
+                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, artifacts=artifacts, checkpoints=False,
+                   heartbeat_interval=None, quiet=True)
     with B.Timer() as find_time:
-        found = find_study_label_issues(storage_url=url, study_name="labels", artifact_dir=artifacts, top=top)
+        found = label_issues(storage=url, study="labels", artifacts=artifacts, top=top)
     cfg.log(f"search {search_time.seconds:.0f} s, finder {find_time.seconds:.1f} s: {found.total_issues} images "
             f"flagged, {len(found.corrections)} corrections drafted, OOF macro F1 {found.oof_macro_f1:.4f}")
 
@@ -109,7 +110,7 @@ def run(cfg: B.Config) -> B.Report:
     def share(a, b):
         return a / b if b else None
 
-    draft = write_corrections(found, cfg.workdir / "draft.csv", force=True)
+    draft = write_corrections_draft(found, cfg.workdir / "draft.csv", force=True)
     oracle = cfg.workdir / "true-fixes.csv"
     with oracle.open("w", newline="") as f:
         csv.writer(f).writerows([("id", "fix"), *fixable.items()])

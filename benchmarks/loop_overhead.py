@@ -27,7 +27,7 @@ TARGET = 0.95
 
 
 def _params(backbone: str, image_size: int, batch_size: int):
-    from maskopt.search.space import TrialParams
+    from maskopt.search.train.params import TrialParams
 
     return TrialParams(backbone=backbone, lr=1e-3, weight_decay=0.05, batch_size=batch_size, freeze_depth=0,
                        sampler="uniform", aug_strength=0.0, loss="ce", optimizer="adamw", image_size=image_size,
@@ -39,11 +39,11 @@ def maskopt_fold(params, data, *, epochs: int, seed: int) -> float:
     import torch
 
     from maskopt.search.space import StudySettings
-    from maskopt.search.train.loop import TrainConfig, train_fold
+    from maskopt.search.train.loop import train_fold
 
-    settings = StudySettings(epochs=epochs, warmup_epochs=0.5)
+    config = StudySettings(epochs=epochs, warmup_epochs=0.5).train_config()
     with B.Timer() as t:
-        train_fold(params, data, config=TrainConfig.of(settings), num_classes=18, device=torch.device("cpu"), seed=seed)
+        train_fold(params, data, config=config, num_classes=18, device=torch.device("cpu"), seed=seed)
     return t.seconds
 
 
@@ -54,7 +54,7 @@ def plain_fold(params, data, *, epochs: int, seed: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from maskopt.search.train.loop import macro_f1
+    from maskopt.search.train.metrics import macro_f1
 
     with B.Timer() as t:
         torch.manual_seed(seed)
@@ -86,7 +86,7 @@ def plain_fold(params, data, *, epochs: int, seed: int) -> float:
                     for start in range(0, len(val_rows), max(2 * batch, 32)):
                         x = (images[val_rows[start:start + 2 * batch]].float().div_(255) - mean) / std
                         predictions.append(model(x).argmax(1))
-                macro_f1(data.val_labels, torch.cat(predictions).numpy())
+                macro_f1(data.val_labels, torch.cat(predictions).numpy(), n_classes=18)
     return t.seconds
 
 

@@ -1,8 +1,9 @@
 """6. Memory across trials: peak resident memory after trial 1 versus after trial 30 of one study.
 
 One ``run_search`` of 30 trials runs in a fresh worker process (so no other benchmark's memory
-counts). After every trial (``run_search`` calls its ``log`` then) the worker reads its own
-``/proc/self/status``: VmHWM, the peak resident set so far, and VmRSS, the resident set now.
+counts). After every trial (when ``run_search`` logs the trial's line to the
+``maskopt.search.study.runner`` logger) the worker reads its own ``/proc/self/status``: VmHWM,
+the peak resident set so far, and VmRSS, the resident set now.
 Target: the peak after trial 30 under 1.10 times the peak after trial 1.
 
 The study searches spaces/tiny.yaml's parameters (both backbones, batch 32/64, one or three
@@ -29,10 +30,12 @@ def worker_main(args_json: str) -> None:
     """Run the study, writing one JSON line per finished trial to the output file."""
     args = json.loads(args_json)
     B.setup_threads(args["threads"])
+    import logging
     from pathlib import Path
 
-    from maskopt.search.study.runner import run_search
     from maskopt.search.space import Constant, discrete_values
+    from maskopt.search.study import runner
+    from maskopt.search.study.runner import run_search
 
     space = B.benchmark_space(folds=args["folds"], epochs=args["epochs"], image_size=args["image_size"])
     if args["fixed"]:
@@ -44,19 +47,29 @@ def worker_main(args_json: str) -> None:
     out = open(args["out"], "w")
     count = [0]
 
-    def after_trial(line: str) -> None:
-        if not line.startswith("trial "):
-            return
-        count[0] += 1
-        record = {"trial": count[0], "hwm_kib": B.proc_status_kib("VmHWM"), "rss_kib": B.proc_status_kib("VmRSS"),
-                  "line": line}
-        out.write(json.dumps(record) + "\n")
-        out.flush()
+    class AfterTrial(logging.Handler):
+        """Measures on each per-trial line the runner logs (INFO, starting with "trial ")."""
 
-    run_search(space, n_trials=args["trials"], storage_url=f"sqlite:///{args['db']}", data=args["data"],
-               study_name="memory", seed=args["seed"], device="cpu", cache_dir=Path(args["cache"]),
-               threads=args["threads"], progress=False, log=after_trial)
-    out.close()
+        def emit(self, log_record: logging.LogRecord) -> None:
+            line = log_record.getMessage()
+            if log_record.levelno != logging.INFO or not line.startswith("trial "):
+                return
+            count[0] += 1
+            record = {"trial": count[0], "hwm_kib": B.proc_status_kib("VmHWM"),
+                      "rss_kib": B.proc_status_kib("VmRSS"), "line": line}
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+    handler = AfterTrial()
+    runner.logger.addHandler(handler)
+    runner.logger.setLevel(logging.INFO)
+    try:
+        run_search(space, trials=args["trials"], storage=f"sqlite:///{args['db']}", data=args["data"],
+                   study="memory", seed=args["seed"], device="cpu", cache_dir=Path(args["cache"]),
+                   threads=args["threads"], quiet=True)
+    finally:
+        runner.logger.removeHandler(handler)
+        out.close()
 
 
 def run_worker(cfg: B.Config, *, label: str, fixed: bool, data, folds: int, epochs: int, image_size: int) -> list[dict]:

@@ -11,8 +11,6 @@ repetitions' ratios. Target: channels-last at least as fast (>= 1.0) on every ba
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 import benchmarks as B
@@ -26,9 +24,9 @@ def fold_seconds(params, data, *, channels_last: bool, seed: int) -> float:
     import torch
 
     from maskopt.search.space import StudySettings
-    from maskopt.search.train.loop import TrainConfig, train_fold
+    from maskopt.search.train.loop import train_fold
 
-    config = dataclasses.replace(TrainConfig.of(StudySettings(epochs=1, warmup_epochs=0.5)), channels_last=channels_last)
+    config = StudySettings(epochs=1, warmup_epochs=0.5).train_config(channels_last=channels_last)
     with B.Timer() as t:
         train_fold(params, data, config=config, num_classes=18, device=torch.device("cpu"), seed=seed)
     return t.seconds
@@ -39,8 +37,8 @@ def run(cfg: B.Config) -> B.Report:
 
     from maskopt.search.data.cache import load_images
     from maskopt.search.data.dataset import load_dataset
-    from maskopt.search.space import TrialParams
     from maskopt.search.train.loop import TrainingData
+    from maskopt.search.train.params import TrialParams
 
     n_train, n_val = (224, 112) if cfg.quick else (700, 350)
     reps = 3 if cfg.quick else 5

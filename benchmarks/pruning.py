@@ -27,15 +27,16 @@ TITLE = "pruning: the same study with tiny.yaml's pruner on and off"
 def run_study(cfg: B.Config, space, data, *, name: str, trials: int, seed: int) -> dict:
     import optuna
 
-    from maskopt.search.study.runner import run_search, top_trials
+    from maskopt.search.study.record import StudyRecord
+    from maskopt.search.study.runner import run_search
 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as t:
-        run_search(space, n_trials=trials, storage_url=url, data=data, study_name=name, seed=seed, device="cpu",
-                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, progress=False, log=cfg.debug)
+        run_search(space, trials=trials, storage=url, data=data, study=name, seed=seed, device="cpu",
+                   cache_dir=cfg.workdir / "cache", threads=cfg.threads, quiet=True)
     study = optuna.load_study(study_name=name, storage=url)
     rows = B.trial_table(study)
-    top = top_trials(study, 1)
+    top = StudyRecord.of(study).top(1)
     return {
         "seconds": t.seconds,
         "epochs": int(sum(r["epochs_trained"] or 0 for r in rows)),

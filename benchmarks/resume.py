@@ -101,6 +101,7 @@ def run_side(cfg: B.Config, space_path, data, *, label: str, planned: list[dict]
     import optuna
     from optuna.trial import TrialState
 
+    from maskopt.search.study.record import TrialRecord
     from maskopt.storage import create_or_load_study, open_storage
 
     slug = label.replace(" ", "-")
@@ -128,15 +129,17 @@ def run_side(cfg: B.Config, space_path, data, *, label: str, planned: list[dict]
             if k is None or worker.returncode == 0:
                 break
     study = optuna.load_study(study_name=name, storage=url)
+    trials_done = study.get_trials()
     epochs = retrained = 0
-    for t in study.get_trials():
-        resumed = t.user_attrs.get("resumed") or {}
+    for t in trials_done:
+        record = TrialRecord.of(t)
+        resumed = record.resumed or {}
         here = len(t.intermediate_values) - resumed.get("epochs_inherited", 0)
-        epochs += here if t.state != TrialState.COMPLETE else t.user_attrs.get("epochs_trained_here", here)
-        if t.system_attrs.get("failed_trial") is not None:
+        trained_here = record.epochs_trained_here if record.epochs_trained_here is not None else here
+        epochs += here if record.state != TrialState.COMPLETE else trained_here
+        if record.origin != record.number:  # a retry of a killed trial
             # What its killed predecessors had trained and this one trained again.
-            done_before = max(len(p.intermediate_values) for p in study.get_trials()
-                              if p.number in t.system_attrs.get("retry_history", ()))
+            done_before = max(len(p.intermediate_values) for p in trials_done if p.number in record.retry_history)
             retrained += max(0, done_before - resumed.get("epochs_inherited", 0))
     complete = {_key(t.params): t.value for t in study.get_trials() if t.state == TrialState.COMPLETE}
     lost = sum(_key(p) not in complete for p in planned)
@@ -149,14 +152,16 @@ def _kill_after(worker, url: str, name: str, k: int, total_epochs: int) -> bool:
     import optuna
     from optuna.trial import TrialState
 
+    from maskopt.search.study.record import TrialRecord
+
     while worker.poll() is None:
         try:
             running = [t for t in optuna.load_study(study_name=name, storage=url).get_trials(states=(TrialState.RUNNING,))
-                       if t.user_attrs.get("worker", "").endswith(f":{worker.pid}")]
+                       if (TrialRecord.of(t).worker or "").endswith(f":{worker.pid}")]
         except KeyError:  # the study does not exist yet
             running = []
         for t in running:
-            inherited = (t.user_attrs.get("resumed") or {}).get("epochs_inherited", 0)
+            inherited = (TrialRecord.of(t).resumed or {}).get("epochs_inherited", 0)
             target = min(inherited + k, total_epochs - 1)  # never the last epoch: the trial would finish
             if len(t.intermediate_values) >= target and inherited < total_epochs - 1:
                 worker.send_signal(signal.SIGKILL)

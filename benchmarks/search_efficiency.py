@@ -83,19 +83,18 @@ def warm_up_trials(cfg: B.Config, space, data, *, device: str) -> None:
     first notes and plots import their libraries. Without this the first side measured pays them
     for all three.
     """
-    from maskopt.search.study.runner import run_search
     from maskopt.search.space import Component, Constant, discrete_values
+    from maskopt.search.study.runner import run_search
 
     baseline = baseline_space(space)
     shapes = {(b, s) for b in discrete_values(space.dims["backbone"]) for s in discrete_values(space.dims["batch_size"])}
     shapes.add((baseline.dims["backbone"].value, baseline.dims["batch_size"].value))
-    study = dataclasses.replace(space.study, epochs=1, pruner=Component("none"))
+    settings = dataclasses.replace(space.study, epochs=1, pruner=Component("none"))
     for i, (backbone, batch_size) in enumerate(sorted(shapes)):
         dims = dict(space.dims, backbone=Constant(backbone), batch_size=Constant(batch_size))
-        run_search(dataclasses.replace(space, dims=dims, study=study), n_trials=1,
-                   storage_url=f"sqlite:///{cfg.workdir / 'warm-up.db'}", data=data, study_name=f"warm-up-{i}",
-                   seed=cfg.seed, device=device, cache_dir=cfg.workdir / "cache", threads=cfg.threads,
-                   progress=False, log=cfg.debug)
+        run_search(dataclasses.replace(space, dims=dims, study=settings), trials=1,
+                   storage=f"sqlite:///{cfg.workdir / 'warm-up.db'}", data=data, study=f"warm-up-{i}",
+                   seed=cfg.seed, device=device, cache_dir=cfg.workdir / "cache", threads=cfg.threads, quiet=True)
 
 
 def difference(a: float | None, b: float | None) -> float | None:
@@ -110,9 +109,8 @@ def run_side(cfg: B.Config, space, data, *, name: str, budget: float, seed: int,
 
     url = f"sqlite:///{cfg.workdir / (name + '.db')}"
     with B.Timer() as t:
-        run_search(space, n_trials=10_000, storage_url=url, data=data, study_name=name, seed=seed, device=device,
-                   timeout=budget, cache_dir=cfg.workdir / "cache", threads=cfg.threads, progress=False,
-                   log=cfg.debug)
+        run_search(space, trials=10_000, storage=url, data=data, study=name, seed=seed, device=device,
+                   timeout=budget, cache_dir=cfg.workdir / "cache", threads=cfg.threads, quiet=True)
     rows = B.trial_table(optuna.load_study(study_name=name, storage=url))
     points = curve(rows, budget)
     t0 = min(r["start"] for r in rows) if rows else 0.0

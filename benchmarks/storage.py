@@ -45,9 +45,11 @@ def objective_for(space):
 
     import optuna
 
+    from maskopt.search.study import record
+
     def objective(trial):
         params = space.suggest(trial)
-        trial.set_user_attr("device", "cpu")
+        trial.set_user_attr(record.DEVICE, "cpu")
         # A made-up learning curve that depends on the parameters, so the pruner has work to do.
         quality = 0.5 + 0.1 * math.sin(params.lr * 1e3) + 0.05 * (params.backbone == "resnet10t")
         fold_f1 = []
@@ -57,14 +59,15 @@ def objective_for(space):
                 best = max(best, quality * (1 - 0.5 ** (epoch + 1)))
                 trial.report(float(sum(fold_f1) + best) / (len(fold_f1) + 1), fold * EPOCHS + epoch)
                 if trial.should_prune():
-                    trial.set_user_attr("prune_reason", f"pruned at fold {fold + 1} epoch {epoch + 1}")
+                    trial.set_user_attr(record.PRUNE_REASON, f"pruned at fold {fold + 1} epoch {epoch + 1}")
                     raise optuna.TrialPruned()
             fold_f1.append(best)
-            for key, value in (("param_count", 123456), ("trainable_param_count", 123456), ("freeze_depth_effective", 0)):
+            for key, value in ((record.PARAM_COUNT, 123456), (record.TRAINABLE_PARAM_COUNT, 123456),
+                               (record.FREEZE_DEPTH_EFFECTIVE, 0)):
                 trial.set_user_attr(key, value)
-        attrs = {"fold_f1": fold_f1, "fold_accuracy": fold_f1, "best_epoch": [EPOCHS] * FOLDS,
-                 "epochs_trained": FOLDS * EPOCHS, "seconds": 0.0, "images_per_second": 0.0, "peak_memory_mb": 0.0,
-                 "confusion": [[0] * 18 for _ in range(18)]}
+        attrs = {record.FOLD_F1: fold_f1, record.FOLD_ACCURACY: fold_f1, record.BEST_EPOCH: [EPOCHS] * FOLDS,
+                 record.EPOCHS_TRAINED: FOLDS * EPOCHS, record.SECONDS: 0.0, record.IMAGES_PER_SECOND: 0.0,
+                 record.PEAK_MEMORY_MB: 0.0, record.CONFUSION: [[0] * 18 for _ in range(18)]}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return float(sum(fold_f1) / FOLDS)
@@ -81,7 +84,7 @@ def _space():
 def _pruner(space):
     import dataclasses
 
-    from maskopt.search.study.components import build_pruner
+    from maskopt.search.space import build_pruner
 
     return build_pruner(dataclasses.replace(space.study, folds=FOLDS, epochs=EPOCHS))
 

@@ -2,11 +2,12 @@
 
     >>> import maskopt
     >>> space = maskopt.load_space("spaces/demo.yaml")
-    >>> result = maskopt.search(space, n_trials=12, data="demo-data")   # doctest: +SKIP
-    >>> maskopt.export_best(study="demo", ensemble=5)                 # doctest: +SKIP
+    >>> result = maskopt.search(space, trials=12, data="demo-data")   # doctest: +SKIP
+    >>> maskopt.export_best(study="demo", ensemble=5)                # doctest: +SKIP
 
-The names below are loaded on first use, so ``import maskopt`` (and ``maskopt --help``) stays
-fast; see :mod:`maskopt.api` for the functions.
+Every command of the ``maskopt`` command line is a function here, with the command's options as
+keyword arguments of the same names (see :mod:`maskopt.api`). The functions are loaded on first
+use, so ``import maskopt`` (and ``maskopt --help``) stays fast; the error classes are here at once.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -14,7 +15,10 @@ from importlib.metadata import PackageNotFoundError, version
 from maskopt.errors import (
     DataError,
     ExportError,
+    LabelIssuesError,
     MaskoptError,
+    NotAMaskoptStudy,
+    SearchInterrupted,
     SpaceError,
     StorageError,
 )
@@ -24,9 +28,13 @@ try:
 except PackageNotFoundError:  # a bare checkout that was never installed
     __version__ = "0+unknown"
 
-_API = ("search", "export_best", "load_space", "make_demo_data", "SearchSpace", "SearchResult", "ExportResult")
+_API = ("search", "export_best", "predict", "score", "report", "label_issues", "studies", "dashboard",
+        "import_weights", "eda", "make_demo_data", "load_space", "load_study", "SearchSpace", "SearchResult",
+        "ExportResult")
+_ERRORS = ("MaskoptError", "DataError", "SpaceError", "StorageError", "ExportError", "NotAMaskoptStudy",
+           "LabelIssuesError", "SearchInterrupted")
 
-__all__ = [*_API, "MaskoptError", "DataError", "SpaceError", "StorageError", "ExportError", "__version__"]
+__all__ = [*_API, *_ERRORS, "__version__"]
 
 
 def __getattr__(name: str):

@@ -3,7 +3,9 @@
 Each command lives in ``maskopt/commands/<area>.py`` and is imported only when it is run, so
 ``maskopt --help`` answers at once; torch and timm load inside the commands that need them.
 Library errors (``MaskoptError``) become ``Error: <message>`` and exit status 1 here, with no
-traceback, and nowhere else.
+traceback, and nowhere else; the library's logs are printed here too (``commands/output.py``).
+Every option's parameter has the name of the library argument it sets, so a message that names a
+`parameter` is shown with its option (--parameter) and no table of names is needed.
 """
 
 from __future__ import annotations
@@ -30,10 +32,6 @@ COMMANDS = {
 }
 
 
-# Library argument -> the CLI option's parameter name, where the two differ.
-LIBRARY_NAMES = {"storage_url": "storage", "n_trials": "trials", "checkpoints": "checkpoint_dir"}
-
-
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use."""
 
@@ -47,10 +45,12 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(f"maskopt.commands.{module}"), attr)
 
     def invoke(self, ctx):
+        from maskopt.commands.output import command_output
         from maskopt.errors import MaskoptError
 
         try:
-            return super().invoke(ctx)
+            with command_output(self.with_flags):
+                return super().invoke(ctx)
         except MaskoptError as e:
             raise click.ClickException(self.with_flags(str(e))) from e
 
@@ -73,9 +73,6 @@ class LazyGroup(click.Group):
                 for param in sub.params:
                     if isinstance(param, click.Option) and param.opts[0].startswith("--"):
                         flags.setdefault(param.name, param.opts[0])
-        for library_name, option_name in LIBRARY_NAMES.items():
-            if option_name in flags:
-                flags[library_name] = flags[option_name]
         return flags
 
     def format_commands(self, ctx, formatter):

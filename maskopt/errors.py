@@ -27,6 +27,18 @@ class ExportError(MaskoptError):
     """A study cannot be exported, or an export or submission is invalid."""
 
 
+class NotAMaskoptStudy(MaskoptError):
+    """The study was not made by ``maskopt search``: it has no stored search space."""
+
+
+class LabelIssuesError(MaskoptError):
+    """The study's label issues cannot be found, or the corrections draft cannot be written."""
+
+
+class SearchInterrupted(MaskoptError):
+    """Ctrl-C or SIGTERM stopped the search; the running trial was marked FAIL and queued again."""
+
+
 def shorten(text: str, limit: int = 80) -> str:
     """``text`` cut to ``limit`` characters, marking the cut.
 

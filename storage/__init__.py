@@ -6,12 +6,14 @@ never shown (``redact``).
 """
 
 from ._artifacts import DEFAULT_ARTIFACT_DIR, artifact_store
+from ._dashboard import serve_dashboard
 from ._rdb import open_storage
 from ._studies import (
     StudySummary,
     create_or_load_study,
     list_studies,
     load_existing_study,
+    studies,
 )
 from ._urls import DEFAULT_STORAGE_URL, redact, resolve_url
 
@@ -26,4 +28,6 @@ __all__ = [
     "open_storage",
     "redact",
     "resolve_url",
+    "serve_dashboard",
+    "studies",
 ]

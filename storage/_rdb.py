@@ -55,7 +55,7 @@ _CONNECT_FAILURES = (
     (
         re.compile(r"password authentication failed|access denied for user|role .* does not exist"),
         "The {server} rejected user {user!r}",
-        "Check the user name and password in the storage URL (`storage_url` or MASKOPT_STORAGE); "
+        "Check the user name and password in the storage URL (`storage` or MASKOPT_STORAGE); "
         "percent-encode special characters in the password (@ as %40).",
     ),
     (
@@ -181,7 +181,7 @@ def _require_sqlite_file(parsed: URL, url: str) -> None:
     if not Path(parsed.database).is_file():
         raise StorageError(
             f"No SQLite storage at {Path(parsed.database).resolve()} ({redact(url)}). Run "
-            "`maskopt search` first, or point `storage_url` (or MASKOPT_STORAGE) at an existing "
+            "`maskopt search` first, or point `storage` (or MASKOPT_STORAGE) at an existing "
             "storage."
         )
 
@@ -201,7 +201,7 @@ def _require_writable_sqlite(parsed: URL, url: str) -> None:
             raise StorageError(
                 f"SQLite storage {path} ({redact(url)}) cannot be written: {target} is read-only (a read-only "
                 f"filesystem or no write permission). A search writes every trial there: copy the file to a "
-                f"writable folder, or point `storage_url` (or MASKOPT_STORAGE) elsewhere.")
+                f"writable folder, or point `storage` (or MASKOPT_STORAGE) elsewhere.")
 
 
 def _causes(e: BaseException):
@@ -244,7 +244,7 @@ def _storage_error(e: BaseException, parsed: URL, url: str) -> StorageError:
             )
         if "file is not a database" in lowered:
             return StorageError(
-                f"{path} is not a SQLite database ({redact(url)}). Point `storage_url` at another "
+                f"{path} is not a SQLite database ({redact(url)}). Point `storage` at another "
                 "file."
             )
     else:
@@ -267,7 +267,7 @@ def _storage_error(e: BaseException, parsed: URL, url: str) -> StorageError:
     return StorageError(
         _scrub(
             f"Cannot open storage {redact(url)} ({type(orig).__name__}: {reason}). Check the "
-            "storage URL (`storage_url` or MASKOPT_STORAGE) and that the database is reachable.",
+            "storage URL (`storage` or MASKOPT_STORAGE) and that the database is reachable.",
             url,
         )
     )

@@ -114,13 +114,13 @@ def load_existing_study(
     if not names:
         raise StorageError(
             f"Storage {url} holds no study. Create one with `maskopt search` (with the same "
-            "`storage_url`)."
+            "`storage`)."
         )
     if study_name is None:
         if len(names) > 1:
             raise StorageError(
                 f"Storage {url} holds {len(names)} studies: {', '.join(names)}. Name one "
-                "(`study_name` NAME)."
+                "(`study` NAME)."
             )
         study_name = names[0]
     elif study_name not in names:
@@ -178,6 +178,14 @@ _STATE_FIELDS = {
     TrialState.RUNNING: "n_running",
     TrialState.WAITING: "n_waiting",
 }
+
+
+def studies(*, storage: str | None = None) -> list[StudySummary]:
+    """The studies in ``storage`` (None: the SQLite default, which must exist), with trial counts
+    by state and the best value."""
+    from ._rdb import open_storage
+
+    return list_studies(open_storage(storage, heartbeat_interval=None, create=False))
 
 
 def list_studies(storage: optuna.storages.RDBStorage) -> list[StudySummary]:

@@ -37,7 +37,7 @@ def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: i
     from maskopt.search.data.demo import make_demo_data as make
 
     summary = make(out, persons=persons, eval_persons=eval_persons, size=size, seed=seed,
-                   label_noise=label_noise, progress=True)
+                   label_noise=label_noise)
     counts = summary.class_counts
     click.echo(f"Wrote {summary.out}/ ({size}x{size} px, seed {seed}):")
     click.echo(f"  train: {summary.persons} persons, {summary.train_images} images in train/images/, train/train.csv")
@@ -77,12 +77,10 @@ def eda(data: str, layout: str, corrections: str | None, out: str | None, as_jso
     """
     import json
 
-    from maskopt.search.data.dataset import load_dataset
-    from maskopt.search.data.eda import summarise_dataset, write_eda_files
+    from maskopt.search.data.eda import eda as run_eda
 
-    dataset = load_dataset(data, layout=layout, corrections=corrections, exclude_broken=True)
-    summary = summarise_dataset(dataset)
-    written = write_eda_files(summary, dataset, out) if out is not None else []
+    result = run_eda(data, layout=layout, corrections=corrections, out=out)
+    summary, written = result.summary, result.files
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
         return

@@ -17,7 +17,7 @@ from maskopt.commands.options import (
 
 @click.command("export-best")
 @storage_option
-@click.option("--study", "study_name", help="Study name (may be omitted when the storage holds one study).")
+@click.option("--study", help="Study name (may be omitted when the storage holds one study).")
 @click.option("--data", type=click.Path(), help="Dataset (default: the path the study was run on).")
 @click.option("--out", type=click.Path(file_okay=False), help="Export folder  [default: exports/<study>]")
 @click.option("--tta", is_flag=True, help="Average predictions with the horizontally flipped image.")
@@ -33,7 +33,7 @@ from maskopt.commands.options import (
 @threads_option
 @cache_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def export_best(storage, study_name, data, out, tta, ensemble_folds, ensemble, calibrate, artifact_dir, force, device,
+def export_best(storage, study, data, out, tta, ensemble_folds, ensemble, calibrate, artifacts, force, device,
                 threads, cache_dir, quiet):
     """Retrain the best trial on all data and export weights, config and submission.
 
@@ -44,10 +44,9 @@ def export_best(storage, study_name, data, out, tta, ensemble_folds, ensemble, c
     """
     from maskopt.search.export import export_best as run_export
 
-    result = run_export(storage_url=storage, study_name=study_name, data=data, out=out, tta=tta,
-                        ensemble_folds=ensemble_folds, ensemble=ensemble, calibrate=calibrate,
-                        artifact_dir=artifact_dir, force=force, device=device, threads=threads, cache_dir=cache_dir,
-                        progress=not quiet)
+    result = run_export(storage=storage, study=study, data=data, out=out, tta=tta, ensemble_folds=ensemble_folds,
+                        ensemble=ensemble, calibrate=calibrate, artifacts=artifacts, force=force, device=device,
+                        threads=threads, cache_dir=cache_dir, quiet=quiet)
     click.echo(echo_export(result))
 
 
@@ -72,7 +71,7 @@ def echo_export(result) -> str:
 
 
 @click.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
               help="An export folder (from export-best).")
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Competition data folder (predicts eval/), or a class-folder / CSV dataset.")
@@ -82,7 +81,7 @@ def echo_export(result) -> str:
 @threads_option
 @cache_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict(model_dir, data, out, tta, device, threads, cache_dir, quiet):
+def predict(model, data, out, tta, device, threads, cache_dir, quiet):
     """Write predictions of a saved export for a dataset.
 
     \b
@@ -91,8 +90,8 @@ def predict(model_dir, data, out, tta, device, threads, cache_dir, quiet):
     """
     from maskopt.search.export import predict as run_predict
 
-    path = run_predict(model_dir=model_dir, data=data, out=out, device=device, threads=threads, tta=tta, cache_dir=cache_dir,
-                       progress=not quiet)
+    path = run_predict(model=model, data=data, out=out, tta=tta, device=device, threads=threads, cache_dir=cache_dir,
+                       quiet=quiet)
     click.echo(f"wrote {path}")
 
 
@@ -109,9 +108,9 @@ def score(submission, solution, as_json):
     Example:
       maskopt score exports/demo/submission.csv demo-data/eval/solution.csv
     """
-    from maskopt.search.export import score_submission
+    from maskopt.search.export import score as run_score
 
-    result = score_submission(submission, solution)
+    result = run_score(submission, solution)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return

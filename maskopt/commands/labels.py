@@ -11,17 +11,17 @@ from maskopt.commands.options import artifacts_option, storage_option
 
 @click.command("label-issues")
 @storage_option
-@click.option("--study", "study_name", help="Study name (may be omitted when the storage holds one study).")
+@click.option("--study", help="Study name (may be omitted when the storage holds one study).")
 @click.option("--data", type=click.Path(), help="Dataset (default: the path the study was run on).")
 @artifacts_option("Folder where the search stored out-of-fold predictions.")
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Average the out-of-fold predictions of the N best complete trials.")
 @click.option("--limit", type=click.IntRange(min=0), metavar="N", help="List at most N images  [default: all]")
-@click.option("--write-corrections", "corrections_out", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--write-corrections", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write a DRAFT corrections CSV (id,fix) with the suggested fixes, for review.")
 @click.option("--force", is_flag=True, help="Replace an existing --write-corrections file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def label_issues(storage, study_name, data, artifact_dir, top, limit, corrections_out, force, as_json):
+def label_issues(storage, study, data, artifacts, top, limit, write_corrections, force, as_json):
     """List training images whose labels the study's out-of-fold predictions doubt.
 
     Ranks images by confident learning (cleanlab) on the out-of-fold probabilities every complete
@@ -35,14 +35,13 @@ def label_issues(storage, study_name, data, artifact_dir, top, limit, correction
       maskopt label-issues --study demo --top 3 --limit 20
       maskopt label-issues --study demo --write-corrections corrections/draft.csv
     """
-    from maskopt.search.report.label_issues import (
-        find_study_label_issues,
-        write_corrections,
-    )
+    from pathlib import Path
 
-    report = find_study_label_issues(storage_url=storage, study_name=study_name, data=data, artifact_dir=artifact_dir,
-                                     top=top, limit=limit)
-    written = write_corrections(report, corrections_out, force=force) if corrections_out else None
+    from maskopt.search.report.label_issues import label_issues as find
+
+    report = find(storage=storage, study=study, data=data, artifacts=artifacts, top=top, limit=limit,
+                  write_corrections=write_corrections, force=force)
+    written = Path(write_corrections) if write_corrections else None
     if as_json:
         click.echo(json.dumps({**report.to_dict(), "written": str(written) if written else None}))
         return

@@ -20,5 +20,5 @@ cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), env
 
 def artifacts_option(help: str):
     """``--artifacts DIR``: where trial artifacts live (written by a search, served by the dashboard)."""
-    return click.option("--artifacts", "artifact_dir", type=click.Path(file_okay=False), default=DEFAULT_ARTIFACT_DIR,
+    return click.option("--artifacts", type=click.Path(file_okay=False), default=DEFAULT_ARTIFACT_DIR,
                         show_default=True, help=help)

@@ -9,13 +9,13 @@ from maskopt.commands.options import artifacts_option, storage_option
 
 @click.command()
 @storage_option
-@click.option("--study", "study_name", help="Study name (may be omitted when the storage holds one study).")
+@click.option("--study", help="Study name (may be omitted when the storage holds one study).")
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               help="The HTML file to write.")
 @click.option("--solution", type=click.Path(dir_okay=False),
               help="A solution file (ImageID,ans): score the exported submission.csv against it.")
 @artifacts_option("Folder where the search stored out-of-fold predictions (for the suspect labels).")
-def report(storage, study_name, out, solution, artifact_dir):
+def report(storage, study, out, solution, artifacts):
     """Write a self-contained HTML report of a study.
 
     One file, no network needed to open it: trials by state, best macro F1 and its per-fold
@@ -27,8 +27,7 @@ def report(storage, study_name, out, solution, artifact_dir):
     Example:
       maskopt report --study demo --out demo-report.html --solution demo-data/eval/solution.csv
     """
-    from maskopt.search.report.html import write_report
+    from maskopt.search.report.html import report as write_report
 
-    path = write_report(storage_url=storage, study_name=study_name, out=out, solution=solution,
-                        artifact_dir=artifact_dir)
+    path = write_report(storage=storage, study=study, out=out, solution=solution, artifacts=artifacts)
     click.echo(f"wrote {path}")

@@ -16,13 +16,13 @@ from maskopt.commands.options import (
 
 
 @click.command()
-@click.option("--space", "space_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--space", required=True, type=click.Path(dir_okay=False),
               help="Search-space YAML file (see spaces/).")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="The study's total number of trials, across all runs and workers.")
 @click.option("--data", type=click.Path(), help="Dataset folder or CSV file (default: the space's study.data).")
 @storage_option
-@click.option("--study", "study_name", help="Study name (default: the space's study.name).")
+@click.option("--study", help="Study name (default: the space's study.name).")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Stop starting new trials after SECONDS.")
 @device_option
 @click.option("--seed", type=int, help="Seed (default: the space's study.seed).")
@@ -31,7 +31,7 @@ from maskopt.commands.options import (
 @artifacts_option("Folder for trial artifacts (confusion matrices) shown by the dashboard.")
 @click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds between worker heartbeats; a silent worker's trial is re-run.")
-@click.option("--checkpoints", "checkpoint_dir", type=click.Path(file_okay=False),
+@click.option("--checkpoints", type=click.Path(file_okay=False),
               help="Folder where running trials save every epoch, so a killed or preempted trial resumes from "
                    "its last epoch when re-run (default: beside a SQLite file, else ./maskopt-checkpoints; "
                    "on several machines, a folder they share).")
@@ -46,8 +46,8 @@ from maskopt.commands.options import (
 @click.option("--no-export", is_flag=True,
               help="Do not retrain and export the best trial when the total is reached.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
-def search(space_path, trials, data, storage, study_name, timeout, device, seed, cache_dir, threads,
-           artifact_dir, heartbeat_interval, checkpoint_dir, no_checkpoints, workers, worker_index,
+def search(space, trials, data, storage, study, timeout, device, seed, cache_dir, threads,
+           artifacts, heartbeat_interval, checkpoints, no_checkpoints, workers, worker_index,
            exclude_broken, no_export, quiet):
     """Run (or resume) a pruned, person-grouped k-fold study from a YAML space.
 
@@ -61,16 +61,18 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
       maskopt search --space spaces/demo.yaml --data demo-data --trials 12
     """
     from maskopt.api import search as run
-    from maskopt.search.study.runner import SearchInterrupted
+    from maskopt.commands.output import be_quiet
+    from maskopt.errors import SearchInterrupted
 
-    log = _quiet_log if quiet else _echo
+    if quiet:
+        be_quiet()
     try:
-        result = run(space_path, n_trials=trials, storage_url=storage, data=data, study_name=study_name, seed=seed,
+        result = run(space, trials=trials, storage=storage, data=data, study=study, seed=seed,
                      timeout=timeout, exclude_broken=exclude_broken, device=device, cache_dir=cache_dir,
-                     threads=threads, artifact_dir=artifact_dir, heartbeat_interval=heartbeat_interval,
+                     threads=threads, artifacts=artifacts, heartbeat_interval=heartbeat_interval,
                      workers=workers, worker_index=worker_index,
-                     checkpoints=False if no_checkpoints else checkpoint_dir or True,
-                     export=not no_export, progress=not quiet, log=log)
+                     checkpoints=False if no_checkpoints else checkpoints or True,
+                     export=not no_export, quiet=quiet)
     except SearchInterrupted as e:
         click.echo(f"\n{e}", err=True)
         sys.exit(130)
@@ -85,21 +87,9 @@ def search(space_path, trials, data, storage, study_name, timeout, device, seed,
         click.echo(echo_export(result.export))
 
 
-def _echo(line: str, err: bool = False) -> None:
-    from maskopt.cli import cli
-
-    click.echo(cli.with_flags(line), err=err)  # a warning may name a `parameter`: show its option
-
-
-def _quiet_log(line: str) -> None:
-    """With --quiet, warnings still reach the user (on stderr); progress lines do not."""
-    if line.startswith("warning:"):
-        _echo(line, err=True)
-
-
 def summarise(result) -> str:
     """The end-of-search summary: top trials and where the study lives, at 80 columns."""
-    from maskopt.search.study.runner import format_params
+    from maskopt.search.study.describe import format_params
 
     lines = [f"\nstudy {result.study_name!r}: {result.counted_trials}/{result.total} trials in {result.storage_url}"]
     if not result.top:

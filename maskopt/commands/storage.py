@@ -22,10 +22,10 @@ def studies(storage, as_json):
     """
     import json
 
-    from maskopt.storage import list_studies, open_storage, redact, resolve_url
+    from maskopt.storage import redact, resolve_url
+    from maskopt.storage import studies as list_studies
 
-    opened = open_storage(storage, heartbeat_interval=None, create=False)
-    summaries = list_studies(opened)
+    summaries = list_studies(storage=storage)
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
         return
@@ -80,7 +80,7 @@ def _cut(name: str, width: int) -> str:
     "--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port."
 )
 @artifacts_option("Folder of the trials' artifacts (plots, files).")
-def dashboard(storage, host, port, artifact_dir):
+def dashboard(storage, host, port, artifacts):
     """Serve optuna-dashboard on a storage: history, importances, trials, artifacts.
 
     It has no authentication, so it listens on this machine only (127.0.0.1) unless --host
@@ -93,31 +93,6 @@ def dashboard(storage, host, port, artifact_dir):
       maskopt dashboard
       maskopt dashboard --storage postgresql://me:PASSWORD@db-host/maskopt --port 8081
     """
-    import ipaddress
+    from maskopt.storage import serve_dashboard as serve
 
-    from optuna_dashboard import run_server
-
-    from maskopt.storage import artifact_store, open_storage, redact, resolve_url
-
-    opened = open_storage(storage, heartbeat_interval=None, create=False)
-    store = artifact_store(artifact_dir)
-    shown_host = f"[{host}]" if ":" in host else host
-    url = redact(resolve_url(storage))
-    click.echo(f"optuna-dashboard: http://{shown_host}:{port}/  (storage {url}; Ctrl-C stops it)")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost
-        loopback = False
-    if not loopback:
-        click.echo(
-            f"Warning: listening on {host}, not loopback. The dashboard has no authentication: "
-            "anyone who can reach this port can read and change the studies.",
-            err=True,
-        )
-    try:
-        run_server(opened, host=host, port=port, artifact_store=store)
-    except OSError as e:
-        raise click.ClickException(
-            f"Cannot listen on {host}:{port} ({e.strerror or e}). Choose another --port, or stop "
-            "what uses it."
-        ) from e
+    serve(storage=storage, host=host, port=port, artifacts=artifacts)

@@ -34,8 +34,8 @@ def import_weights(src, backbone, out, force):
     Example:
       maskopt weights import efficientnet-lite0.pth --backbone tf_efficientnet_lite0 --out weights
     """
-    from maskopt.search.train.weights import import_weights as run_import
+    from maskopt.api import import_weights as run_import
 
-    result = run_import(src, backbone, out, force=force)
+    result = run_import(src, backbone=backbone, out=out, force=force)
     verb = "unchanged" if result.unchanged else "wrote"
     click.echo(f"{verb} {result.path} ({result.num_tensors} tensors, from {result.layout} layout)")

@@ -151,7 +151,7 @@ def make_demo_data(
     size: int = 96,
     seed: int = 0,
     label_noise: float = 0.0,
-    progress: bool = False,
+    quiet: bool = False,
 ) -> DemoDataSummary:
     """Write a synthetic dataset in the competition's layout.
 
@@ -180,7 +180,7 @@ def make_demo_data(
         label_noise: Share of train persons with a flipped label, in [0, 1); at 0 (the
             default) the files are exactly those of a dataset made without it, and there is no
             ``label_noise.csv``.
-        progress: Show a progress bar.
+        quiet: No progress bar.
 
     Returns:
         A summary of the counts written.
@@ -217,7 +217,7 @@ def make_demo_data(
         raise DataError(f"{staging} is left over from an interrupted run; delete it and try again")
     staging.mkdir()
     try:
-        with tqdm(total=persons + eval_persons, unit="person", desc="demo data", disable=not progress) as bar:
+        with tqdm(total=persons + eval_persons, unit="person", desc="demo data", disable=quiet) as bar:
             class_counts, noise_rows = _write_train(staging / "train", persons, size, seed, label_noise, bar)
             _write_eval(staging / "eval", eval_persons, size, seed, bar)
             if label_noise > 0:

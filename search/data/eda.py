@@ -8,14 +8,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
 from maskopt.errors import shorten
 from maskopt.search.data import labels as L
-from maskopt.search.data.dataset import ImageDataset
+from maskopt.search.data.dataset import ImageDataset, load_dataset
 
 AGE_BINS = (18, 20, 25, 30, 35, 40, 45, 50, 55, 58, 60, 61)
 
@@ -37,6 +36,28 @@ class DatasetSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class EdaResult:
+    """What ``eda`` found, and the files it wrote."""
+
+    summary: DatasetSummary
+    files: tuple[Path, ...] = ()
+
+
+def eda(data: str | Path, *, layout: str = "auto", corrections: str | Path | None = None,
+        out: str | Path | None = None) -> EdaResult:
+    """Summarise the dataset ``data`` before tuning on it; with ``out``, also write ``summary.json``
+    and PNG plots (class counts, ages, sample images) there.
+
+    Persons with problems are left out and listed in the summary's notes, not fatal, so one run
+    shows every problem.
+    """
+    dataset = load_dataset(data, layout=layout, corrections=corrections, exclude_broken=True)
+    summary = summarise_dataset(dataset)
+    files = write_eda_files(summary, dataset, out) if out is not None else []
+    return EdaResult(summary, tuple(files))
 
 
 def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
@@ -135,14 +156,13 @@ def write_eda_files(summary: DatasetSummary, dataset: ImageDataset, out: str | P
                     seed: int = 0) -> list[Path]:
     """Write ``summary.json`` and PNG plots (class counts, age histogram, sample grid) to ``out``."""
 
-    matplotlib.use("Agg")
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "summary.json"]
     written[0].write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
 
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))  # a bare Figure: no global backend or figure registry touched
+    ax = fig.subplots()
     ax.bar(range(len(summary.class_counts)), summary.class_counts, color="#4C72B0")
     ax.set_xticks(range(len(summary.class_names)), summary.class_names, rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("images")
@@ -150,17 +170,16 @@ def write_eda_files(summary: DatasetSummary, dataset: ImageDataset, out: str | P
     fig.tight_layout()
     written.append(out / "class_counts.png")
     fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
 
     if summary.age_histogram:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig = Figure(figsize=(7, 3.5))
+        ax = fig.subplots()
         ax.bar(list(summary.age_histogram), list(summary.age_histogram.values()), color="#55A868")
         ax.set_ylabel("persons")
         ax.set_title("persons by age")
         fig.tight_layout()
         written.append(out / "age_histogram.png")
         fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
 
     written.append(out / "samples.png")
     _sample_grid(dataset, samples_per_class, np.random.default_rng(seed)).save(written[-1])

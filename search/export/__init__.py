@@ -1,24 +1,28 @@
-"""After the search: retrain and bundle the best (``bundle.py``), predict with a bundle
-(``predict.py``), score a submission (``score.py``)."""
+"""After the search: retrain and bundle the best (``bundle.py``), an export's typed config.json
+(``config.py``), predict with an export (``predict.py``), score a submission (``score.py``)."""
 
 from maskopt.search.export.bundle import (
-    EXPORT_ATTR,
     CalibrationReport,
     EnsembleReport,
     ExportResult,
     export_best,
 )
-from maskopt.search.export.predict import (
+from maskopt.search.export.config import (
     CONFIG_FILE,
     EXPORT_FORMAT,
+    EnsembleConfig,
+    ExportConfig,
+    MemberRef,
+    read_export_config,
+)
+from maskopt.search.export.predict import (
     SUBMISSION_FILE,
     predict,
     predict_images,
     predict_probs,
-    read_config,
 )
-from maskopt.search.export.score import Score, score_submission
+from maskopt.search.export.score import Score, score
 
-__all__ = ["EXPORT_ATTR", "CONFIG_FILE", "EXPORT_FORMAT", "SUBMISSION_FILE", "CalibrationReport", "EnsembleReport",
-           "ExportResult", "Score", "export_best", "predict", "predict_images", "predict_probs", "read_config",
-           "score_submission"]
+__all__ = ["CONFIG_FILE", "EXPORT_FORMAT", "SUBMISSION_FILE", "CalibrationReport", "EnsembleConfig", "EnsembleReport",
+           "ExportConfig", "ExportResult", "MemberRef", "Score", "export_best", "predict", "predict_images",
+           "predict_probs", "read_export_config", "score"]

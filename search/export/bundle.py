@@ -14,7 +14,6 @@ how long the model took to peak when it had slightly less data.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -23,53 +22,48 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import optuna
-from optuna_dashboard import save_note
 from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
 from maskopt.errors import ExportError, SpaceError
 from maskopt.search.data import labels as L
-from maskopt.search.data.dataset import load_dataset
 from maskopt.search.data.prepared import prepare_data
-from maskopt.search.export.predict import (
+from maskopt.search.export.config import (
     CONFIG_FILE,
     EXPORT_FORMAT,
+    EnsembleConfig,
+    ExportConfig,
+    MemberRef,
+    looks_like_export,
+)
+from maskopt.search.export.predict import (
     SUBMISSION_FILE,
     eval_set_of,
     predict_images,
     write_submission,
 )
-from maskopt.search.space import parse_space
-from maskopt.search.study.objective import fold_seed, release_memory
+from maskopt.search.space import check_study_name
 from maskopt.search.study.oof import (
     caruana_ensemble,
     fit_class_offsets,
     load_oof,
     nested_offset_gain,
 )
-from maskopt.search.study.record import TrialRecord
-from maskopt.search.study.runner import (
-    SPACE_ATTR,
-    check_study_name,
-    setup_torch,
-    top_trials,
-)
+from maskopt.search.study.record import ExportRecord, StudyRecord, TrialRecord
+from maskopt.search.study.seeds import fold_seed
 from maskopt.search.train.loop import (
-    TrainConfig,
     TrainingData,
     mean_std,
     train_fold,
     train_full,
 )
-from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
-
-EXPORT_ATTR = "maskopt_export"
+from maskopt.search.train.resources import release_memory, torch_session
+from maskopt.storage import DEFAULT_ARTIFACT_DIR
 
 
 @dataclass(frozen=True)
 class EnsembleReport:
-    """What ``--ensemble K`` chose, measured on the pooled out-of-fold predictions."""
+    """What ``ensemble=K`` chose, measured on the pooled out-of-fold predictions."""
 
     trials: tuple[int, ...]  # member trials, in the order of their folders
     weights: tuple[float, ...]
@@ -92,7 +86,7 @@ class ExportResult:
     study_name: str
     trial_number: int
     cv_score: float
-    epochs: int
+    epochs: int | tuple[int, ...]
     models: tuple[str, ...]
     submission: Path | None
     ensemble: EnsembleReport | None = None
@@ -105,26 +99,26 @@ MAX_ENSEMBLE_CANDIDATES = 20
 
 def export_best(
     *,
-    storage_url: str | None,
-    study_name: str | None = None,
+    storage: str | None = None,
+    study: str | None = None,
     data: str | Path | None = None,
     out: str | Path | None = None,
     tta: bool = False,
     ensemble_folds: bool = False,
     ensemble: int = 1,
     calibrate: bool = False,
-    artifact_dir: str | Path | None = None,
+    artifacts: str | Path | None = DEFAULT_ARTIFACT_DIR,
     force: bool = False,
     device: str = "auto",
     threads: int | None = None,
     cache_dir: str | Path | None = None,
-    progress: bool = True,
+    quiet: bool = False,
 ) -> ExportResult:
     """Retrain the study's best complete trial (or an ensemble of its best) and export it.
 
     Args:
-        storage_url: The study storage (None: ``maskopt.db`` here).
-        study_name: The study; may be omitted when the storage holds one study.
+        storage: The study storage (None: ``maskopt.db`` here).
+        study: The study's name; may be omitted when the storage holds one study.
         data: Dataset path (default: the one the study was run on).
         out: Export folder (default ``exports/<study>``).
         tta: Average predictions with the horizontally flipped image.
@@ -136,59 +130,57 @@ def export_best(
             1: the best trial alone.
         calibrate: Fit per-class offsets on the out-of-fold log-probabilities that maximise
             macro F1, store them in the export and apply them in ``predict``.
-        artifact_dir: The artifact folder the search stored out-of-fold predictions in
-            (default ``maskopt-artifacts``); read for ``ensemble`` and ``calibrate``.
+        artifacts: The artifact folder the search stored out-of-fold predictions in
+            (None: ``maskopt-artifacts``); read for ``ensemble`` and ``calibrate``.
         force: Replace an existing export folder.
         device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch (default: the free cores).
+        threads: CPU threads for torch (default: the free cores); torch's setting is restored after.
         cache_dir: Decoded-image cache folder.
-        progress: Show progress bars.
+        quiet: No progress bars.
 
     Raises:
-        ExportError: No such study, no complete trial, no stored out-of-fold predictions for
-            ``ensemble`` or ``calibrate``, or the folder exists without ``force``.
+        StorageError: No such storage or study.
+        NotAMaskoptStudy: The study stores no search space (``maskopt search`` did not make it).
+        ExportError: No complete trial, no stored out-of-fold predictions for ``ensemble`` or
+            ``calibrate``, or the folder exists without ``force``.
+        DataError: The dataset cannot be read (or the study records none and ``data`` is not given).
     """
 
     if ensemble < 1:
         raise ExportError(f"the ensemble size must be at least 1, got {ensemble}")
-    storage = open_storage(storage_url, heartbeat_interval=None, create=False)  # a typo must not make a new file
-    study = load_existing_study(storage=storage, study_name=study_name)
-    if SPACE_ATTR not in study.user_attrs:
-        raise ExportError(f"study {study.study_name!r} was not made by maskopt search (it has no stored search space)")
-    candidates = top_trials(study, MAX_ENSEMBLE_CANDIDATES if ensemble > 1 else 1)
+    progress = not quiet
+    record = StudyRecord.open(storage, study)
+    space = record.space
+    candidates = record.top(MAX_ENSEMBLE_CANDIDATES if ensemble > 1 else 1)
     if not candidates:
         states = {}
-        for t in study.get_trials(deepcopy=False):
+        for t in record.trials():
             states[t.state.name] = states.get(t.state.name, 0) + 1
         counts = ", ".join(f"{n} {s.lower()}" for s, n in states.items()) or "no trials"
-        raise ExportError(f"study {study.study_name!r} has no complete trial to export ({counts}); "
+        raise ExportError(f"study {record.name!r} has no complete trial to export ({counts}); "
                           f"run more trials with maskopt search")
     best = candidates[0]
     if out is None:
         try:
-            out = Path("exports") / check_study_name(study.study_name)
+            out = Path("exports") / check_study_name(record.name)
         except SpaceError as e:
             raise ExportError(f"{e} Or pass `out` FOLDER for this study's export.") from None
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass `force` to replace it, or `out` another folder")
-    if out.exists() and not (_is_export(out) or (out.is_dir() and not any(out.iterdir()))):
+    if out.exists() and not (looks_like_export(out) or (out.is_dir() and not any(out.iterdir()))):
         raise ExportError(f"{out} exists and is not a maskopt export (no {CONFIG_FILE} of format {EXPORT_FORMAT!r}); "
                           f"it is left as it is. Pass `out` another folder.")
 
-    space = parse_space(study.user_attrs[SPACE_ATTR], source=f"study {study.study_name!r}", check_names=False)
     settings = space.study
-    data_path = data if data is not None else settings.data
-    if data_path is None:
-        raise ExportError("the study records no dataset path; pass `data`")
-    dataset = load_dataset(data_path, layout=settings.layout, corrections=settings.corrections,
-                           exclude_broken=settings.exclude_broken)
+    dataset = record.dataset(data)
     space, _ = space.for_layout(dataset.layout)
-    eval_set = eval_set_of(Path(data_path), dataset.layout)  # checked before hours of retraining
+    data_path = Path(data if data is not None else settings.data)
+    eval_set = eval_set_of(data_path, dataset.layout)  # checked before hours of retraining
 
     members, weights, ensemble_report, calibration = [best], [1.0], None, None
     if ensemble > 1 or calibrate:
-        oofs = _stored_oofs(candidates, artifact_dir or DEFAULT_ARTIFACT_DIR, dataset, study.study_name)
+        oofs = _stored_oofs(candidates, artifacts or DEFAULT_ARTIFACT_DIR, dataset, record.name)
         if ensemble > 1:
             members, weights, ensemble_report = _select_ensemble(candidates, oofs, ensemble, dataset.num_classes)
         if calibrate:
@@ -199,70 +191,65 @@ def export_best(
     member_params = [space.params_from(t.params) for t in members]
     prepared = prepare_data(dataset, image_sizes=sorted({p.image_size for p in member_params}), cache_dir=cache_dir,
                             exclude_broken=settings.exclude_broken, progress=progress)
-    torch_device = setup_torch(device, threads)
-
-    # Stage beside the export, so the final rename stays on one filesystem (the system temp folder
-    # is often another one, where os.replace fails).
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if len(members) == 1:
-            config = _export_trial(tmp, best, member_params[0], settings, prepared, torch_device, study.study_name,
-                                   ensemble_folds=ensemble_folds, progress=progress)
-        else:
-            folders = []
-            for trial, params in zip(members, member_params):
-                folder = f"member-trial-{trial.number}"
-                (tmp / folder).mkdir()
-                member = _export_trial(tmp / folder, trial, params, settings, prepared, torch_device,
-                                       study.study_name, ensemble_folds=ensemble_folds, progress=progress)
-                (tmp / folder / CONFIG_FILE).write_text(json.dumps({**member, "tta": tta}, indent=2) + "\n")
-                folders.append(folder)
-            config = {"format": EXPORT_FORMAT, "num_classes": dataset.num_classes,
-                      "class_names": list(dataset.class_names), "layout": dataset.layout,
-                      "members": [{"folder": f, "weight": w, "trial": t.number}
-                                  for f, w, t in zip(folders, weights, members)],
-                      "study": study.study_name, "trial": best.number, "cv_macro_f1": best.value,
-                      "ensemble": dataclasses.asdict(ensemble_report),
-                      "dataset_fingerprint": dataset.fingerprint(), "versions": _versions()}
-        config["tta"] = tta
-        if calibration is not None:
-            config["class_offsets"] = list(calibration.offsets)
-            config["calibration"] = dataclasses.asdict(calibration)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        release_memory(torch_device)
-        submission = None
-        if eval_set is not None:
-            ids, paths = eval_set
-            predictions = predict_images(tmp, paths, device=torch_device, tta=tta, cache_dir=cache_dir, progress=progress)
-            write_submission(tmp / SUBMISSION_FILE, ids, predictions, header=("ImageID", "ans"))
-            submission = out / SUBMISSION_FILE
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    models = tuple(config["models"]) if "models" in config else tuple(
-        f"{m['folder']}/{name}" for m in config["members"]
-        for name in json.loads((out / m["folder"] / CONFIG_FILE).read_text())["models"])
-    _record_export(study, best, out, models, tta)
-    return ExportResult(out, study.study_name, best.number, best.value, config.get("epochs", 0), models, submission,
+    with torch_session(device, threads) as torch_device:
+        # Stage beside the export, so the final rename stays on one filesystem (the system temp
+        # folder is often another one, where os.replace fails).
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            if len(members) == 1:
+                config = _export_trial(tmp, best, member_params[0], settings, prepared, torch_device, record.name,
+                                       ensemble_folds=ensemble_folds, tta=tta, progress=progress)
+                models = config.models
+            else:
+                refs, models = [], []
+                for trial, params, weight in zip(members, member_params, weights):
+                    folder = f"member-trial-{trial.number}"
+                    (tmp / folder).mkdir()
+                    member = _export_trial(tmp / folder, trial, params, settings, prepared, torch_device,
+                                           record.name, ensemble_folds=ensemble_folds, tta=tta, progress=progress)
+                    member.to_json(tmp / folder)
+                    refs.append(MemberRef(folder, weight, trial.number))
+                    models += [f"{folder}/{name}" for name in member.models]
+                config = EnsembleConfig(
+                    num_classes=dataset.num_classes, class_names=tuple(dataset.class_names), layout=dataset.layout,
+                    members=tuple(refs), study=record.name, trial=best.number, cv_macro_f1=best.value,
+                    ensemble=dataclasses.asdict(ensemble_report), dataset_fingerprint=dataset.fingerprint(),
+                    versions=_versions(), tta=tta)
+            if calibration is not None:
+                config = dataclasses.replace(config, class_offsets=calibration.offsets,
+                                             calibration=dataclasses.asdict(calibration))
+            config.to_json(tmp)
+            release_memory(torch_device)
+            submission = None
+            if eval_set is not None:
+                ids, paths = eval_set
+                predictions = predict_images(tmp, paths, device=torch_device, tta=tta, cache_dir=cache_dir,
+                                             progress=progress)
+                write_submission(tmp / SUBMISSION_FILE, ids, predictions, header=("ImageID", "ans"))
+                submission = out / SUBMISSION_FILE
+            _replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    _record_export(record, best, out, tuple(models), tta)
+    epochs = config.epochs if isinstance(config, ExportConfig) else 0
+    return ExportResult(out, record.name, best.number, best.value, epochs, tuple(models), submission,
                         ensemble_report, calibration)
 
 
-def _export_trial(folder: Path, trial, params, settings, prepared, device, study_name: str, *,
-                  ensemble_folds: bool, progress: bool) -> dict:
+def _export_trial(folder: Path, trial: TrialRecord, params, settings, prepared, device, study_name: str, *,
+                  ensemble_folds: bool, tta: bool, progress: bool) -> ExportConfig:
     """Retrain one trial, write its weights into ``folder`` and return its config (not yet written).
 
     Retraining uses the trial's original seeds (a retried trial's are its original's).
     """
 
-
     dataset = prepared.dataset
     images = prepared.images(params.image_size, device)
     train_labels = dataset.training_labels(params.age_old)
-    best_epochs = list(TrialRecord.of(trial).best_epoch) or [settings.epochs]
+    best_epochs = list(trial.best_epoch) or [settings.epochs]
     epochs = max(1, int(round(float(np.mean(best_epochs)))))
-    origin = TrialRecord.of(trial).origin
     models = []
     if ensemble_folds:
         folds = prepared.folds(n_folds=settings.folds, seed=settings.seed)
@@ -271,42 +258,42 @@ def _export_trial(folder: Path, trial, params, settings, prepared, device, study
             fold_data = TrainingData(images, train_idx, train_labels[train_idx], train_idx[:0], train_labels[:0])
             with tqdm(total=fold_epochs, desc=f"trial {trial.number} fold {k + 1}", unit="ep",
                       disable=not progress) as bar:
-                _, model = train_fold(params, fold_data, config=TrainConfig.of(settings, epochs=fold_epochs),
+                _, model = train_fold(params, fold_data, config=settings.train_config(epochs=fold_epochs),
                                       num_classes=dataset.num_classes, device=device,
-                                      seed=fold_seed(settings.seed, origin, k), progress=bar)
+                                      seed=fold_seed(settings.seed, trial.origin, k), progress=bar)
             models.append((f"fold{k}.safetensors", model))
     else:
         with tqdm(total=epochs, desc=f"retraining trial {trial.number} on all data", unit="ep",
                   disable=not progress) as bar:
-            model = train_full(params, images, train_labels, config=TrainConfig.of(settings), epochs=epochs,
+            model = train_full(params, images, train_labels, config=settings.train_config(), epochs=epochs,
                                num_classes=dataset.num_classes, device=device,
-                               seed=fold_seed(settings.seed, origin, settings.folds), progress=bar)
+                               seed=fold_seed(settings.seed, trial.origin, settings.folds), progress=bar)
         models.append(("model.safetensors", model))
     for name, model in models:
         save_model(model.cpu(), str(folder / name))
     mean, std = mean_std(models[0][1])
-    return {
-        "format": EXPORT_FORMAT,
-        "backbone": params.backbone,
-        "head": params.head,
-        "num_classes": dataset.num_classes,
-        "class_names": list(dataset.class_names),
-        "layout": dataset.layout,
-        "image_size": params.image_size,
-        "mean": list(mean),
-        "std": list(std),
-        "age_old_training": params.age_old,
-        "age_old_official": L.OFFICIAL_AGE_OLD,
-        "models": [name for name, _ in models],
-        "study": study_name,
-        "trial": trial.number,
-        "params": params.as_dict(),
-        "cv_macro_f1": trial.value,
-        "fold_macro_f1": list(TrialRecord.of(trial).fold_f1),
-        "epochs": epochs if not ensemble_folds else best_epochs,
-        "dataset_fingerprint": dataset.fingerprint(),
-        "versions": _versions(),
-    }
+    return ExportConfig(
+        backbone=params.backbone,
+        head=params.head,
+        num_classes=dataset.num_classes,
+        class_names=tuple(dataset.class_names),
+        layout=dataset.layout,
+        image_size=params.image_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        age_old_training=params.age_old,
+        age_old_official=L.OFFICIAL_AGE_OLD,
+        models=tuple(name for name, _ in models),
+        study=study_name,
+        trial=trial.number,
+        params=params.as_dict(),
+        cv_macro_f1=trial.value,
+        fold_macro_f1=trial.fold_f1,
+        epochs=epochs if not ensemble_folds else tuple(best_epochs),
+        dataset_fingerprint=dataset.fingerprint(),
+        versions=_versions(),
+        tta=tta,
+    )
 
 
 def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
@@ -320,8 +307,8 @@ def _stored_oofs(candidates, artifact_dir, dataset, study_name: str) -> list:
     if oofs[0] is None:
         raise ExportError(
             f"trial {candidates[0].number} of study {study_name!r} has no stored out-of-fold predictions for this "
-            f"dataset in {artifact_dir}/ (a search stores them in its `artifact_dir` folder; an older search, another "
-            f"folder, or other data has none). Pass `artifact_dir` FOLDER, or export without `ensemble`/`calibrate`")
+            f"dataset in {artifact_dir}/ (a search stores them in its `artifacts` folder; an older search, another "
+            f"folder, or other data has none). Pass `artifacts` FOLDER, or export without `ensemble`/`calibrate`")
     return oofs
 
 
@@ -347,15 +334,6 @@ def _calibrate(blend: np.ndarray, best_oof, num_classes: int) -> CalibrationRepo
     return CalibrationReport(tuple(float(o) for o in offsets), gain.uncalibrated, gain.nested)
 
 
-def _is_export(folder: Path) -> bool:
-    """True when ``folder`` holds an export that maskopt wrote, so replacing it loses nothing else."""
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("format") == EXPORT_FORMAT
-
-
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished export into place; an older export is removed only after that."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -368,21 +346,16 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _record_export(study, best, out: Path, models: tuple[str, ...], tta: bool) -> None:
+def _record_export(record: StudyRecord, best: TrialRecord, out: Path, models: tuple[str, ...], tta: bool) -> None:
     """Note the export on the trial and the study, so optuna-dashboard shows it.
 
     ``models`` are the weights files under ``out`` (an ensemble's inside its member folders).
     """
-    record = {"trial": best.number, "path": str(out.resolve()), "cv_macro_f1": best.value,
-              "models": list(models), "tta": tta}
-    study.set_user_attr(EXPORT_ATTR, record)
-    # A finished trial's attributes are read-only; dashboard notes live in study attributes.
-    save_note(optuna.Trial(study, best._trial_id),
-              f"## Exported\n\nThis trial was retrained and exported to `{record['path']}` "
-              f"(models: {', '.join(models)}; TTA: {tta}).\n")
+    path = out.resolve()
+    record.record_export(ExportRecord(best.number, path, best.value, models, tta),
+                         f"## Exported\n\nThis trial was retrained and exported to `{path}` "
+                         f"(models: {', '.join(models)}; TTA: {tta}).\n")
 
 
 def _versions() -> dict[str, str]:
     return {name: version(name) for name in ("maskopt", "timm", "torch", "optuna")}
-
-

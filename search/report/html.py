@@ -1,6 +1,6 @@
 """A study as one self-contained HTML page: numbers, Optuna's plots, the best trial's errors.
 
-``write_report`` reads a study and writes a single file that opens anywhere, with no network:
+``report`` reads a study and writes a single file that opens anywhere, with no network:
 plotly.js is inlined once in the page head and every figure draws with it. Sections:
 
 - at a glance: trials by state, best macro F1 with its per-fold spread, time spent, compute
@@ -36,27 +36,14 @@ from plotly.offline import get_plotlyjs
 
 from maskopt.errors import ExportError, MaskoptError
 from maskopt.search.data import labels as L
-from maskopt.search.export import (
-    CONFIG_FILE,
-    EXPORT_ATTR,
-    SUBMISSION_FILE,
-    score_submission,
-)
+from maskopt.search.export.config import read_export_config
+from maskopt.search.export.predict import SUBMISSION_FILE
+from maskopt.search.export.score import score_submission
 from maskopt.search.report.label_issues import study_label_issues
-from maskopt.search.study.record import CLASS_NAMES, LAYOUT, TrialRecord
-from maskopt.search.study.runner import (
-    OBJECTIVE_NAME,
-    SPACE_ATTR,
-    format_value,
-    top_trials,
-)
-from maskopt.storage import (
-    DEFAULT_ARTIFACT_DIR,
-    load_existing_study,
-    open_storage,
-    redact,
-    resolve_url,
-)
+from maskopt.search.space import SearchSpace
+from maskopt.search.study.describe import format_value
+from maskopt.search.study.record import OBJECTIVE_NAME, StudyRecord, TrialRecord
+from maskopt.storage import DEFAULT_ARTIFACT_DIR, redact, resolve_url
 
 TOP_N = 10
 SUSPECTS_SHOWN = 24
@@ -69,18 +56,20 @@ TASKS = (("mask", L.MASK_NAMES, lambda c: c // 6), ("gender", L.GENDER_NAMES, la
          ("age", L.AGE_NAMES, lambda c: c % 3))
 
 
-def write_report(*, storage_url: str | None, study_name: str | None = None, out: str | Path = "report.html",
-                 solution: str | Path | None = None, artifact_dir: str | Path | None = None) -> Path:
+def report(*, storage: str | None = None, study: str | None = None, out: str | Path = "report.html",
+           solution: str | Path | None = None, artifacts: str | Path | None = None) -> Path:
     """Write the HTML report of a study.
 
     Args:
-        storage_url: The study storage (None: ``maskopt.db`` here). Opened read-only in spirit:
+        storage: The study storage (None: ``maskopt.db`` here). Opened read-only in spirit:
             a missing SQLite file is an error, not a new empty database.
-        study_name: The study; may be omitted when the storage holds one study.
+        study: The study's name; may be omitted when the storage holds one study.
         out: The HTML file to write (its folder is created). Written to a temporary file that
             is renamed into place, so a failed report never leaves half a page.
         solution: A competition solution file (``ImageID,ans``); the study's exported
             ``submission.csv`` is scored against it.
+        artifacts: The folder the search stored out-of-fold predictions in (None:
+            ``maskopt-artifacts``), for the suspect labels.
 
     Returns:
         The path written.
@@ -92,23 +81,22 @@ def write_report(*, storage_url: str | None, study_name: str | None = None, out:
             match it.
 
     Example:
-        >>> write_report(storage_url="sqlite:///maskopt.db", study_name="demo", out="demo.html")
+        >>> report(storage="sqlite:///maskopt.db", study="demo", out="demo.html")
         PosixPath('demo.html')
     """
 
     if solution is not None and not Path(solution).is_file():
         raise ExportError(f"solution file {solution} does not exist; give the competition's solution.csv "
                           f"(ImageID,ans) with `solution`, or leave it out")
-    url = resolve_url(storage_url)
-    storage = open_storage(url, heartbeat_interval=None, create=False)
-    study = load_existing_study(storage=storage, study_name=study_name)
-    if len(study.directions) != 1:
-        raise MaskoptError(f"study {study.study_name!r} has {len(study.directions)} objectives; maskopt report "
+    url = resolve_url(storage)
+    record = StudyRecord.open(url, study)
+    if len(record.study.directions) != 1:
+        raise MaskoptError(f"study {record.name!r} has {len(record.study.directions)} objectives; maskopt report "
                            f"covers single-objective studies (such as those `maskopt search` makes)")
-    facts = _Facts.of(study)
-    export = _export_section(study, solution)  # scores first: a bad solution file fails before writing
-    suspects = _suspects_section(study, artifact_dir)
-    page = _page(study, facts, redact(url), export, suspects)
+    facts = _Facts.of(record)
+    export = _export_section(record, solution)  # scores first: a bad solution file fails before writing
+    suspects = _suspects_section(record, artifacts)
+    page = _page(record, facts, redact(url), export, suspects)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -127,10 +115,10 @@ class _Facts:
     trials: list[FrozenTrial]
     by_state: dict[str, int]
     stopped_early: int  # COMPLETE trials a per-fold pruner stopped before their last fold
-    space: dict | None
+    space: SearchSpace | None  # None: the study stores none (or none maskopt can read)
     folds: int | None
     epochs: int | None
-    top: list[FrozenTrial]
+    top: list[TrialRecord]
     params: list[str]  # searched parameters, in the order they were suggested
     compute_seconds: float
     wall_seconds: float | None
@@ -139,7 +127,7 @@ class _Facts:
     counted_trials: int
 
     @property
-    def best(self) -> FrozenTrial | None:
+    def best(self) -> TrialRecord | None:
         return self.top[0] if self.top else None
 
     @property
@@ -147,13 +135,18 @@ class _Facts:
         return [t for t in self.trials if t.state == TrialState.COMPLETE]
 
     @classmethod
-    def of(cls, study: optuna.Study) -> _Facts:
+    def of(cls, record: StudyRecord) -> _Facts:
 
-        trials = study.get_trials(deepcopy=False)
+        trials = record.study.get_trials(deepcopy=False)
+        records = [TrialRecord.of(t) for t in trials]
         by_state = {s.name: sum(t.state == s for t in trials) for s in _STATES}
-        space = study.user_attrs.get(SPACE_ATTR)
-        settings = (space or {}).get("study", {})
-        folds, epochs = settings.get("folds"), settings.get("epochs")
+        space = None
+        if record.has_space:
+            try:
+                space = record.space
+            except MaskoptError:  # a stored space this version cannot read: reported as none
+                space = None
+        folds, epochs = (space.study.folds, space.study.epochs) if space is not None else (None, None)
         params: list[str] = []
         for t in trials:
             params += [p for p in t.params if p not in params]
@@ -161,18 +154,17 @@ class _Facts:
         ends = [t.datetime_complete for t in trials if t.datetime_complete]
         # Compute saved by pruning: finished trials only (a failed trial stopped for another reason).
         trained = full = counted = 0
-        for t in trials:
-            r = TrialRecord.of(t)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and r.epochs_trained is not None:
+        for r in records:
+            if r.state in (TrialState.COMPLETE, TrialState.PRUNED) and r.epochs_trained is not None:
                 trained += int(r.epochs_trained)
                 counted += 1
         if folds and epochs and counted:
             full = counted * folds * epochs
         return cls(
             trials=trials, by_state=by_state,
-            stopped_early=sum(t.state == TrialState.COMPLETE and not TrialRecord.of(t).ran_every_fold for t in trials),
-            space=space, folds=folds, epochs=epochs, top=top_trials(study, TOP_N), params=params,
-            compute_seconds=float(sum(TrialRecord.of(t).seconds or 0.0 for t in trials)),
+            stopped_early=sum(r.state == TrialState.COMPLETE and not r.ran_every_fold for r in records),
+            space=space, folds=folds, epochs=epochs, top=record.top(TOP_N), params=params,
+            compute_seconds=float(sum(r.seconds or 0.0 for r in records)),
             wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
             epochs_trained=trained if full else None, epochs_full=full or None, counted_trials=counted,
         )
@@ -181,8 +173,8 @@ class _Facts:
 # --- the page -----------------------------------------------------------------------------------
 
 
-def _page(study: optuna.Study, facts: _Facts, url: str, export: str, suspects: str = "") -> str:
-
+def _page(record: StudyRecord, facts: _Facts, url: str, export: str, suspects: str = "") -> str:
+    study = record.study
     sections = [
         ("history", "Optimisation history", _plot_section(_history_figure, study, facts)),
         ("importance", "Parameter importances", _plot_section(_importance_figure, study, facts)),
@@ -190,7 +182,7 @@ def _page(study: optuna.Study, facts: _Facts, url: str, export: str, suspects: s
         ("slice", "Slice plots", _slice_section(study, facts)),
         ("intermediate", "Intermediate values", _plot_section(_intermediate_figure, study, facts)),
         ("top", f"Top {TOP_N} trials", _top_table(facts)),
-        ("best", "Best trial: out-of-fold errors", _best_section(study, facts)),
+        ("best", "Best trial: out-of-fold errors", _best_section(record, facts)),
         ("suspects", "Suspect labels", suspects or _skipped("Not computed.")),
         ("export", "Exported model", export),
     ]
@@ -227,16 +219,13 @@ def _page(study: optuna.Study, facts: _Facts, url: str, export: str, suspects: s
 
 
 def _settings_line(facts: _Facts) -> str:
-    if not facts.space:
+    if facts.space is None:
         return "no maskopt search space stored with this study"
-    s = facts.space["study"]
-    parts = [f"{_count(s.get('folds'), 'fold')} × {_count(s.get('epochs'), 'epoch')}"]
-    for key in ("sampler", "pruner"):
-        value = s.get(key)
-        if isinstance(value, dict):
-            value = value.get("name")
-        if value:
-            parts.append(f"{key} {value}")
+    settings = facts.space.study
+    parts = [f"{_count(settings.folds, 'fold')} × {_count(settings.epochs, 'epoch')}"]
+    for key, component in (("sampler", settings.sampler), ("pruner", settings.pruner)):
+        if component.name:
+            parts.append(f"{key} {component.name}")
     return _e(" · ".join(parts))
 
 
@@ -251,7 +240,7 @@ def _glance(facts: _Facts, study: optuna.Study) -> str:
 
     best = facts.best
     if best is not None:
-        fold_f1 = [float(v) for v in TrialRecord.of(best).fold_f1]
+        fold_f1 = [float(v) for v in best.fold_f1]
         if fold_f1:
             spread = (f"± {np.std(fold_f1):.4f} over {len(fold_f1)} folds "
                       f"(min {min(fold_f1):.4f}, max {max(fold_f1):.4f})")
@@ -270,12 +259,11 @@ def _glance(facts: _Facts, study: optuna.Study) -> str:
         detail = (f"{facts.epochs_trained:,} epochs trained, of the {facts.epochs_full:,} that running all "
                   f"{facts.counted_trials} finished trials to the end would take "
                   f"({_count(facts.folds, 'fold')} × {_count(facts.epochs, 'epoch')} each)")
-        pruner = facts.space["study"].get("pruner")
-        if (pruner.get("name") if isinstance(pruner, dict) else pruner) == "none":
+        if facts.space is not None and facts.space.study.pruner.name == "none":
             detail += "; this study has no pruner"
         tiles.append(_tile("Compute saved by pruning", f"{saved:.0%}", detail))
     else:
-        why = "no stored search space" if not facts.space else "no finished trial yet"
+        why = "no stored search space" if facts.space is None else "no finished trial yet"
         tiles.append(_tile("Compute saved by pruning", "–", why))
     return f'<section class="glance">{"".join(tiles)}</section>'
 
@@ -396,17 +384,16 @@ def _top_table(facts: _Facts) -> str:
 
     if not facts.top:
         return _skipped("No trial has finished every fold yet, so there is nothing to rank.")
-    n_folds = max([facts.folds or 0] + [len(TrialRecord.of(t).fold_f1) for t in facts.top])
+    n_folds = max([facts.folds or 0] + [len(t.fold_f1) for t in facts.top])
     head = (["#", "trial", "macro F1"] + [f"fold {k + 1}" for k in range(n_folds)] + ["± std", "time", "img/s"]
             + facts.params)
     rows = []
     for rank, t in enumerate(facts.top, start=1):
-        r = TrialRecord.of(t)
-        folds = [float(v) for v in r.fold_f1]
+        folds = [float(v) for v in t.fold_f1]
         cells = [str(rank), str(t.number), f'<b>{t.value:.4f}</b>']
         cells += [f"{folds[k]:.4f}" if k < len(folds) else "" for k in range(n_folds)]
-        cells += [f"{np.std(folds):.4f}" if folds else "", _duration(r.seconds),
-                  f"{r.images_per_second or 0:,.0f}"]
+        cells += [f"{np.std(folds):.4f}" if folds else "", _duration(t.seconds),
+                  f"{t.images_per_second or 0:,.0f}"]
         row = "".join(f"<td>{c}</td>" for c in cells)
         row += "".join(f'<td class="param">{_e(format_value(t.params.get(p, "")))}</td>' for p in facts.params)
         rows.append(f"<tr>{row}</tr>")
@@ -420,17 +407,17 @@ def _top_table(facts: _Facts) -> str:
 # --- best trial: confusion matrices -------------------------------------------------------------
 
 
-def _best_section(study: optuna.Study, facts: _Facts) -> str:
+def _best_section(record: StudyRecord, facts: _Facts) -> str:
     best = facts.best
     if best is None:
         return _skipped("No complete trial yet.")
-    confusion = TrialRecord.of(best).confusion
+    confusion = best.confusion
     if not confusion:
         return _skipped(f"Trial {best.number} has no out-of-fold predictions recorded (no `confusion` attribute).")
     matrix = np.asarray(confusion, dtype=np.int64)
     n = len(matrix)
-    competition = n == L.NUM_CLASSES and _is_competition(study, facts)
-    names = list(L.class_names()) if competition else _class_names(study, facts, n)
+    competition = n == L.NUM_CLASSES and _is_competition(record, facts)
+    names = list(L.class_names()) if competition else _class_names(record, n)
     f1 = _per_class_f1(matrix)
     present = matrix.sum(0) + matrix.sum(1) > 0
     summary = (f"Trial {best.number}: every training image predicted by the fold model that did not train on it "
@@ -457,35 +444,37 @@ def _best_section(study: optuna.Study, facts: _Facts) -> str:
     return "".join(parts)
 
 
-def _is_competition(study: optuna.Study, facts: _Facts) -> bool:
+def _is_competition(record: StudyRecord, facts: _Facts) -> bool:
 
-    layout = study.user_attrs.get(LAYOUT)  # stored by the search
+    layout = record.layout  # stored by the search
     if layout is None:  # a study from before maskopt stored it: the export's config, or the space
-        layout = _export_config(study.user_attrs.get(EXPORT_ATTR) or {}).get("layout")
+        config = _export_config(record)
+        layout = config.layout if config is not None else None
     if layout is None:
-        layout = (facts.space or {}).get("study", {}).get("layout", "auto")
+        layout = facts.space.study.layout if facts.space is not None else "auto"
     return layout in ("competition", "auto")  # auto: 18 classes and nothing says otherwise
 
 
-def _class_names(study: optuna.Study, facts: _Facts, n: int) -> list[str]:
+def _class_names(record: StudyRecord, n: int) -> list[str]:
     """Class names as the search stored them (or an older study's export config), else ``class <i>``."""
 
-    for names in (study.user_attrs.get(CLASS_NAMES),
-                  _export_config(study.user_attrs.get(EXPORT_ATTR) or {}).get("class_names")):
-        if len(names or ()) == n:
-            return list(names)
-    return [f"class {i}" for i in range(n)]
+    names = record.class_names
+    if len(names or ()) != n:
+        config = _export_config(record)
+        names = config.class_names if config is not None else None
+    return list(names) if len(names or ()) == n else [f"class {i}" for i in range(n)]
 
 
-def _export_config(record: dict) -> dict:
+def _export_config(record: StudyRecord):
+    """The config of the study's last export, where it is on this machine and reads as one, else None."""
 
-    path = Path(record["path"]) / CONFIG_FILE if record.get("path") else None
-    if path is None or not path.is_file():
-        return {}
+    export = record.export
+    if export is None:
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        return read_export_config(export.path)
+    except MaskoptError:
+        return None
 
 
 def _per_class_f1(matrix: np.ndarray) -> np.ndarray:
@@ -520,13 +509,13 @@ def _matrix_table(matrix: np.ndarray, names: list[str], *, f1: np.ndarray, compa
 # --- suspect labels -----------------------------------------------------------------------------
 
 
-def _suspects_section(study: optuna.Study, artifact_dir) -> str:
+def _suspects_section(record: StudyRecord, artifacts) -> str:
 
-    folder = artifact_dir if artifact_dir is not None else DEFAULT_ARTIFACT_DIR
+    folder = artifacts if artifacts is not None else DEFAULT_ARTIFACT_DIR
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = study_label_issues(study, artifact_dir=folder, limit=SUSPECTS_SHOWN)
+            found = study_label_issues(record, artifacts=folder, limit=SUSPECTS_SHOWN)
     except MaskoptError as e:
         return _skipped(f"No suspect labels to show: {e}")
     if not found.issues:
@@ -572,22 +561,21 @@ def _thumbnail(path: Path) -> str | None:
 # --- export -------------------------------------------------------------------------------------
 
 
-def _export_section(study: optuna.Study, solution: str | Path | None) -> str:
+def _export_section(record: StudyRecord, solution: str | Path | None) -> str:
 
-    record = study.user_attrs.get(EXPORT_ATTR)
-    if not record:
+    export = record.export
+    if export is None:
         text = "No model has been exported from this study yet (maskopt export-best)."
         if solution is not None:
             text += f" The solution file {solution} was not used: there is no submission to score."
         return _skipped(text)
-    path = Path(record.get("path", ""))
+    path = export.path
     rows = [("folder", f"<code>{_e(str(path))}</code>" + ("" if path.is_dir() else
                                                            ' <span class="warn">not found on this machine</span>')),
-            ("trial", _e(str(record.get("trial")))),
-            ("cross-validated macro F1",
-             _e(f"{record['cv_macro_f1']:.4f}") if record.get("cv_macro_f1") is not None else "–"),
-            ("models", _e(", ".join(record.get("models", [])))),
-            ("test-time augmentation", "flip" if record.get("tta") else "none")]
+            ("trial", _e(str(export.trial))),
+            ("cross-validated macro F1", _e(f"{export.cv_macro_f1:.4f}") if export.cv_macro_f1 is not None else "–"),
+            ("models", _e(", ".join(export.models))),
+            ("test-time augmentation", "flip" if export.tta else "none")]
     submission = path / SUBMISSION_FILE
     if submission.is_file():
         rows.append(("submission", f"<code>{_e(str(submission))}</code>"))

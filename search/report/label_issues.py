@@ -1,7 +1,7 @@
 """Which training labels a finished study doubts, and a draft of the corrections they call for.
 
 Every complete trial of ``maskopt search`` stores its out-of-fold (OOF) probabilities: each
-training image predicted by the fold model that never saw it. :func:`find_study_label_issues`
+training image predicted by the fold model that never saw it. :func:`label_issues`
 averages those of the study's best trials, ranks the images whose given label looks wrong by
 confident learning (cleanlab, :func:`maskopt.search.study.oof.find_label_issues`), and, for the
 competition layout, turns the evidence per person into suggestions:
@@ -13,7 +13,7 @@ competition layout, turns the evidence per person into suggestions:
   not drafted: the corrections format (``id,fix``) has no fix for them.
 
 A suggestion needs at least one of the person's images among the confident-learning issues, so
-a person the model is merely unsure about is not drafted. :func:`write_corrections` writes the
+a person the model is merely unsure about is not drafted. :func:`write_corrections_draft` writes the
 drafted fixes (merged with the corrections the study already used) as a corrections CSV: a
 draft for a person to review, not a verdict.
 """
@@ -28,20 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from maskopt.errors import MaskoptError
+from maskopt.errors import LabelIssuesError
 from maskopt.search.data import labels as L
-from maskopt.search.data.dataset import _read_corrections, load_dataset
-from maskopt.search.space import parse_space
-from maskopt.search.study.oof import find_label_issues, load_oof, macro_f1
-from maskopt.search.study.runner import SPACE_ATTR, top_trials
-from maskopt.storage import DEFAULT_ARTIFACT_DIR, load_existing_study, open_storage
+from maskopt.search.data.dataset import _read_corrections
+from maskopt.search.study.oof import find_label_issues, load_oof
+from maskopt.search.study.record import StudyRecord
+from maskopt.search.train.metrics import macro_f1
+from maskopt.storage import DEFAULT_ARTIFACT_DIR
 
 MAX_TRIALS = 50
 """Most complete trials looked at for stored OOF predictions (best first)."""
-
-
-class LabelIssuesError(MaskoptError):
-    """The study's label issues cannot be found, or the corrections draft cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +91,7 @@ class PersonSuggestion:
 
 @dataclass(frozen=True)
 class LabelIssueReport:
-    """What :func:`find_study_label_issues` found.
+    """What :func:`label_issues` found.
 
     Attributes:
         study_name: The study.
@@ -141,65 +137,67 @@ class LabelIssueReport:
 # --- finding ------------------------------------------------------------------------------------
 
 
-def find_study_label_issues(
+def label_issues(
     *,
-    storage_url: str | None,
-    study_name: str | None = None,
+    storage: str | None = None,
+    study: str | None = None,
     data: str | Path | None = None,
-    artifact_dir: str | Path | None = None,
+    artifacts: str | Path | None = None,
     top: int = 1,
     limit: int | None = None,
+    write_corrections: str | Path | None = None,
+    force: bool = False,
 ) -> LabelIssueReport:
-    """Rank the training images whose labels a study's OOF predictions doubt.
+    """Rank the training images whose labels a study's OOF predictions doubt; optionally draft corrections.
 
     Args:
-        storage_url: The study storage (None: ``maskopt.db`` here); opened read-only in spirit.
-        study_name: The study; may be omitted when the storage holds one study.
+        storage: The study storage (None: ``maskopt.db`` here); opened read-only in spirit.
+        study: The study's name; may be omitted when the storage holds one study.
         data: Dataset path (default: the one the study was run on, with its layout,
             corrections and ``exclude_broken``).
-        artifact_dir: The folder the search stored OOF predictions in (default
-            ``maskopt-artifacts``).
+        artifacts: The folder the search stored OOF predictions in (None: ``maskopt-artifacts``).
         top: Average the OOF probabilities of this many of the best complete trials that have
             them for this dataset (fewer if fewer have).
         limit: Keep at most this many issues in ``issues`` (None: all); suggestions always look
             at all of them.
+        write_corrections: Write the DRAFT corrections CSV (``id,fix``) here (see
+            :func:`write_corrections_draft`), for a person to review.
+        force: Replace an existing ``write_corrections`` file.
+
+    Returns:
+        What was found (the draft, when written, holds :func:`merged_corrections` of it).
 
     Raises:
         StorageError: No such storage or study.
-        LabelIssuesError: The study was not made by maskopt search, or no complete trial has
-            stored OOF predictions for this dataset in ``artifact_dir``.
-        DataError: The dataset cannot be read.
+        NotAMaskoptStudy: The study stores no search space (``maskopt search`` did not make it).
+        LabelIssuesError: No complete trial has stored OOF predictions for this dataset in
+            ``artifacts``, or the draft cannot be written (not the competition layout; the file
+            exists without ``force``).
+        DataError: The dataset cannot be read (or the study records none and ``data`` is not given).
     """
+    report = study_label_issues(StudyRecord.open(storage, study), data=data, artifacts=artifacts, top=top,
+                                limit=limit)
+    if write_corrections is not None:
+        write_corrections_draft(report, write_corrections, force=force)
+    return report
 
-    storage = open_storage(storage_url, heartbeat_interval=None, create=False)  # a typo must not make a file
-    study = load_existing_study(storage=storage, study_name=study_name)
-    return study_label_issues(study, data=data, artifact_dir=artifact_dir, top=top, limit=limit)
 
-
-def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, limit: int | None = None,
-                       dataset=None) -> LabelIssueReport:
-    """:func:`find_study_label_issues` of a loaded study (``dataset``: already loaded, optional)."""
+def study_label_issues(record: StudyRecord, *, data: str | Path | None = None, artifacts: str | Path | None = None,
+                       top: int = 1, limit: int | None = None) -> LabelIssueReport:
+    """:func:`label_issues` of an opened study; writes nothing."""
 
     if top < 1:
         raise LabelIssuesError(f"the number of trials to average (top) must be at least 1, got {top}")
     if limit is not None and limit < 0:
         raise LabelIssuesError(f"the number of images to list (limit) must be 0 or more, got {limit}")
-    artifact_dir = Path(artifact_dir if artifact_dir is not None else DEFAULT_ARTIFACT_DIR)
-    if SPACE_ATTR not in study.user_attrs:
-        raise LabelIssuesError(f"study {study.study_name!r} was not made by maskopt search "
-                               f"(it has no stored search space)")
-    settings = parse_space(study.user_attrs[SPACE_ATTR], source=f"study {study.study_name!r}",
-                           check_names=False).study
+    artifact_dir = Path(artifacts if artifacts is not None else DEFAULT_ARTIFACT_DIR)
+    settings = record.space.study
+    dataset = record.dataset(data)
     data_path = data if data is not None else settings.data
-    if data_path is None:
-        raise LabelIssuesError(f"study {study.study_name!r} records no dataset path; pass `data`")
-    if dataset is None:
-        dataset = load_dataset(data_path, layout=settings.layout, corrections=settings.corrections,
-                               exclude_broken=settings.exclude_broken)
     existing = _read_corrections(Path(settings.corrections)) if settings.corrections and dataset.is_competition \
         else {}
 
-    candidates = top_trials(study, MAX_TRIALS)
+    candidates = record.top(MAX_TRIALS)
     used, oofs = [], []
     for trial in candidates:
         oof = load_oof(trial, artifact_dir, dataset)
@@ -213,9 +211,9 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
         have = (f"none of its {len(candidates)} complete trial(s)" if candidates
                 else "it has no complete trial")
         raise LabelIssuesError(
-            f"study {study.study_name!r} has no stored out-of-fold predictions for the dataset {data_path} in "
-            f"{where}: {have} stored them there. A search stores them in its `artifact_dir` folder for every complete "
-            f"trial; pass `artifact_dir` FOLDER if it used another one, the study's own `data` if this is other data, "
+            f"study {record.name!r} has no stored out-of-fold predictions for the dataset {data_path} in "
+            f"{where}: {have} stored them there. A search stores them in its `artifacts` folder for every complete "
+            f"trial; pass `artifacts` FOLDER if it used another one, the study's own `data` if this is other data, "
             f"or run (more) trials with maskopt search")
 
     probs = np.mean([o.probs for o in oofs], axis=0)
@@ -227,7 +225,7 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
             found = find_label_issues(probs, labels, image_ids=[str(i) for i in range(len(labels))],
                                       person_ids=[str(g) for g in dataset.groups])
     except ValueError as e:
-        raise LabelIssuesError(f"cannot look for label issues in study {study.study_name!r}: {e}") from None
+        raise LabelIssuesError(f"cannot look for label issues in study {record.name!r}: {e}") from None
 
     names = dataset.class_names
     base = dataset.root if dataset.root.is_dir() else dataset.root.parent
@@ -246,7 +244,7 @@ def study_label_issues(study, *, data=None, artifact_dir=None, top: int = 1, lim
         flagged[[int(f.image_id) for f in found]] = True
         suggestions = tuple(_suggest(probs, labels, dataset.groups, flagged, existing))
     return LabelIssueReport(
-        study_name=study.study_name, data=Path(data_path), layout=dataset.layout, artifact_dir=artifact_dir,
+        study_name=record.name, data=Path(data_path), layout=dataset.layout, artifact_dir=artifact_dir,
         trials=tuple(used), images=len(labels), oof_macro_f1=macro_f1(labels, probs, n_classes=dataset.num_classes),
         total_issues=len(issues), issues=tuple(issues if limit is None else issues[:limit]),
         suggestions=suggestions, existing_corrections=existing)
@@ -362,7 +360,7 @@ def merged_corrections(report: LabelIssueReport) -> dict[str, str]:
 # --- writing the draft --------------------------------------------------------------------------
 
 
-def write_corrections(report: LabelIssueReport, path: str | Path, *, force: bool = False) -> Path:
+def write_corrections_draft(report: LabelIssueReport, path: str | Path, *, force: bool = False) -> Path:
     """Write the draft corrections CSV (``id,fix``), for a human to review before using it.
 
     Holds the corrections the study was run with plus the drafted fixes

@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import re
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import yaml
 from maskopt.errors import MaskoptError, SpaceError, shorten
 from maskopt.search.data.dataset import LAYOUTS
 from maskopt.search.data.labels import OFFICIAL_AGE_OLD
-from maskopt.search.study.components import (
+from maskopt.search.space.components import (
     PRUNERS,
     SAMPLERS,
     build_pruner,
@@ -42,6 +43,7 @@ from maskopt.search.study.components import (
 )
 from maskopt.search.train.losses import LOSSES
 from maskopt.search.train.models import HEADS, check_backbone
+from maskopt.search.train.params import TrainConfig, TrialParams
 from maskopt.search.train.sampling import CLASS_SAMPLERS
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -99,27 +101,6 @@ class Range:
 Dimension = Constant | Choice | Range
 
 
-@dataclass(frozen=True)
-class TrialParams:
-    """One configuration to train: every parameter of ``PARAMS`` resolved to a value."""
-
-    backbone: str
-    lr: float
-    weight_decay: float
-    batch_size: int
-    freeze_depth: int
-    sampler: str
-    aug_strength: float
-    loss: str
-    optimizer: str
-    image_size: int
-    age_old: int
-    head: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 # --- study settings -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -151,6 +132,11 @@ class StudySettings:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+
+    def train_config(self, **changes) -> TrainConfig:
+        """What training takes from these settings (``changes`` override, e.g. ``epochs``)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{**fields, **changes})
 
 
 @dataclass(frozen=True)
@@ -347,6 +333,20 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
                "to start from them, or remove weights)")
     _check_components_build(v, settings)
     return settings
+
+
+# A study's name is also its export folder's (exports/<name>): no separators, no "..", no hidden names.
+STUDY_NAME_PATTERN = re.compile(r"[^\W][\w.-]{0,99}")
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it can name a folder under exports/, else a SpaceError saying what is allowed."""
+    if not STUDY_NAME_PATTERN.fullmatch(name):
+        raise SpaceError(
+            f"study name {shorten(name)!r} cannot be used: it also names the export folder exports/<name>, so it "
+            f"may hold only letters, digits, '_', '.' and '-', start with a letter or digit, and have at most 100 "
+            f"characters. Give another `study` name or study.name in the space.")
+    return name
 
 
 def _check_components_build(v: _Validator, settings: StudySettings) -> None:

@@ -17,10 +17,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from sqlalchemy.engine import make_url
+
+from maskopt.search.train.loop import FoldResult, FoldState, UnusableCheckpoint
 
 CHECKPOINT_FORMAT = "maskopt-trial-checkpoint/1"
 DEFAULT_FOLDER = "maskopt-checkpoints"
@@ -43,6 +47,71 @@ def default_checkpoint_dir(storage_url: str) -> Path:
     return Path(DEFAULT_FOLDER)
 
 
+@dataclass(frozen=True)
+class FoldOutcome:
+    """What a finished fold of a trial produced: its best epoch's scores and predictions."""
+
+    f1: float
+    accuracy: float
+    best_epoch: int  # counting from 1
+    images_per_second: float
+    f1_history: tuple[float, ...]  # validation macro F1 after each epoch
+    probs: np.ndarray  # float32 [validation rows, classes] at the best epoch
+
+    @classmethod
+    def of(cls, result: FoldResult) -> FoldOutcome:
+        return cls(round(result.best_f1, 6), round(result.best_accuracy, 6), result.best_epoch,
+                   result.images_per_second, tuple(result.f1_history), result.best_probs)
+
+    def to_state(self) -> dict:
+        return {"f1": self.f1, "accuracy": self.accuracy, "best_epoch": self.best_epoch,
+                "speed": self.images_per_second, "history": list(self.f1_history),
+                "probs": torch.from_numpy(self.probs)}
+
+    @classmethod
+    def from_state(cls, state) -> FoldOutcome:
+        probs = state["probs"]
+        if not isinstance(probs, torch.Tensor) or probs.ndim != 2:
+            raise TypeError("a finished fold's probabilities are not a 2-D tensor")
+        return cls(float(state["f1"]), float(state["accuracy"]), int(state["best_epoch"]), float(state["speed"]),
+                   tuple(float(v) for v in state["history"]), probs.numpy())
+
+
+@dataclass(frozen=True)
+class FoldCheckpoint:
+    """A running trial's state after an epoch: its finished folds, and the fold in training."""
+
+    fingerprint: dict  # parameters, folds, epochs, seed and dataset size it was made for
+    fold: int  # the fold in training, from 0
+    done: tuple[FoldOutcome, ...]  # the folds before it
+    train: FoldState
+
+    @property
+    def epochs_trained(self) -> int:
+        return sum(len(d.f1_history) for d in self.done) + self.train.result.epochs_trained
+
+    def to_state(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "fold": self.fold,
+                "done": [d.to_state() for d in self.done], "train": self.train.to_state()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FoldCheckpoint:
+        """The checkpoint of a file's plain form.
+
+        Raises:
+            UnusableCheckpoint: A missing key or a value of the wrong kind.
+        """
+        try:
+            fold, done = state["fold"], state["done"]
+            if type(fold) is not int or not isinstance(done, list) or len(done) != fold:
+                raise TypeError(f"fold {fold!r} does not follow {len(done) if isinstance(done, list) else '?'} "
+                                f"finished folds")
+            return cls(state["fingerprint"], fold, tuple(FoldOutcome.from_state(d) for d in done),
+                       FoldState.from_state(state["train"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UnusableCheckpoint(f"its structure is malformed ({type(e).__name__}: {str(e)[:200]})") from e
+
+
 class CheckpointStore:
     """The checkpoint files of one study's trials.
 
@@ -57,13 +126,13 @@ class CheckpointStore:
     def path(self, origin: int) -> Path:
         return self.folder / f"trial-{origin}.pt"
 
-    def save(self, origin: int, state: dict) -> None:
-        """Write ``state`` as trial ``origin``'s checkpoint, replacing the last one atomically."""
+    def save(self, origin: int, checkpoint: FoldCheckpoint) -> None:
+        """Write ``checkpoint`` as trial ``origin``'s, replacing the last one atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".trial-{origin}-", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+                torch.save(checkpoint.to_state(), f)
                 f.flush()
                 os.fsync(f.fileno())  # the rename must not outrun the data on a power loss
             os.replace(tmp, self.path(origin))
@@ -71,7 +140,7 @@ class CheckpointStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def load(self, origin: int, fingerprint: dict) -> tuple[dict | None, str | None]:
+    def load(self, origin: int, fingerprint: dict) -> tuple[FoldCheckpoint | None, str | None]:
         """Trial ``origin``'s checkpoint, or None with the reason it cannot be used.
 
         Returns ``(None, None)`` when there is no checkpoint. A checkpoint written for other
@@ -88,7 +157,10 @@ class CheckpointStore:
             return None, f"checkpoint {path} is not a {CHECKPOINT_FORMAT} file; starting from zero"
         if state.get("fingerprint") != fingerprint:
             return None, f"checkpoint {path} was made for other settings or data; starting from zero"
-        return state, None
+        try:
+            return FoldCheckpoint.from_state(state), None
+        except UnusableCheckpoint as e:
+            return None, f"checkpoint {path} cannot be used: {e}; starting from zero"
 
     def remove(self, origin: int) -> None:
         self.path(origin).unlink(missing_ok=True)

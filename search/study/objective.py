@@ -8,13 +8,8 @@ Memory is released after every trial, so a long study does not grow.
 
 from __future__ import annotations
 
-import gc
-import os
-import resource
-import socket
-import sys
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,33 +19,27 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from maskopt.search.data.prepared import PreparedData
-from maskopt.search.space import SearchSpace, TrialParams
+from maskopt.search.space import PruningSteps, SearchSpace, TrialParams
 from maskopt.search.study import record
-from maskopt.search.study.checkpoints import CheckpointStore
-from maskopt.search.study.components import reports_per_fold
+from maskopt.search.study.checkpoints import CheckpointStore, FoldCheckpoint, FoldOutcome
 from maskopt.search.study.interrupts import raise_if_interrupted
 from maskopt.search.study.notes import record_trial_note
 from maskopt.search.study.oof import OutOfFold, save_oof
+from maskopt.search.study.recovery import this_worker
+from maskopt.search.study.seeds import fold_seed
 from maskopt.search.train.loop import (
+    FoldState,
     NonFiniteLoss,
-    TrainConfig,
     TrainingData,
+    UnusableCheckpoint,
     fast_path,
     is_out_of_memory,
     train_fold,
 )
 from maskopt.search.train.models import count_parameters
+from maskopt.search.train.resources import peak_memory_mb, release_memory
 
-
-def original_trial_number(trial: optuna.Trial) -> int:
-    """The number of the trial this one retries (after its worker died), or its own number."""
-    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
-    return attrs.get(record.RETRIED_FROM, trial.number)
-
-
-def fold_seed(study_seed: int, trial_number: int, fold: int) -> int:
-    """The training seed of one fold of one trial: reproducible, distinct across trials."""
-    return (study_seed * 1_000_003 + trial_number * 101 + fold) % (2**31)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +54,6 @@ class Objective:
         artifact_dir: Where trial artifacts (confusion-matrix images) go; None: notes only.
         checkpoints: Where each fold's state is saved after every epoch, for a retried trial
             to resume from; None: no checkpoints.
-        log: Where notes (an unusable checkpoint) go.
     """
 
     space: SearchSpace
@@ -74,96 +62,90 @@ class Objective:
     epoch_bar: object = None
     artifact_dir: str | Path | None = None
     checkpoints: CheckpointStore | None = None
-    log: Callable[[str], None] = print
 
     def __call__(self, trial: optuna.Trial) -> float:
         # First: a retry arrives carrying its dead original's "worker", and another worker's
         # recovery would fail this live trial as dead while that attribute stays.
-        trial.set_user_attr(record.WORKER, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(record.WORKER, this_worker())
         params = self.space.suggest(trial)
         settings = self.space.study
+        steps = PruningSteps.of(settings)
         folds = self.data.folds(n_folds=settings.folds, seed=settings.seed)
         images = self.data.images(params.image_size, self.device)
         dataset = self.data.dataset
         train_labels = dataset.training_labels(params.age_old)
-        per_fold = reports_per_fold(settings)
         started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         trial.set_user_attr(record.DEVICE, str(self.device))
-        trial.set_user_attr(record.FAST_PATH, fast_path(self.device, settings))
+        trial.set_user_attr(record.FAST_PATH, fast_path(self.device, settings.train_config()))
         # A retry (its worker died) trains with its original's seeds, so it scores as the
         # original would have, and resumes from the original's checkpoint.
-        origin = original_trial_number(trial)
+        origin = record.retried_from(trial)
         fingerprint = {"params": params.as_dict(), "folds": settings.folds, "epochs": settings.epochs,
                        "seed": settings.seed, "images": len(dataset)}
 
-        done: list[dict] = []  # per finished fold: f1, accuracy, best_epoch, speed, history, probs
-        epochs_trained = 0
+        done: list[FoldOutcome] = []
         out_of_fold = np.full((len(dataset), dataset.num_classes), np.nan, dtype=np.float32)
         fold_of = np.full(len(dataset), -1, dtype=np.int64)
         bar = self.epoch_bar(settings.folds * settings.epochs, trial.number) if self.epoch_bar else None
         resume = self._resume(trial, origin, fingerprint)
-        first_fold, partial = 0, None
+        partial: FoldState | None = None
         if resume is not None:
-            done, first_fold, partial = list(resume["done"]), resume["fold"], resume["train"]
-            for k, (fold_done, (_, val_idx)) in enumerate(zip(done, folds)):
-                out_of_fold[val_idx], fold_of[val_idx] = fold_done["probs"].numpy(), k
-            epochs_trained = sum(len(d["history"]) for d in done) + (partial["result"]["epochs_trained"] if partial else 0)
+            done, partial = list(resume.done), resume.train
+            for k, (outcome, (_, val_idx)) in enumerate(zip(done, folds)):
+                out_of_fold[val_idx], fold_of[val_idx] = outcome.probs, k
             if bar is not None:
-                bar.update(sum(len(d["history"]) for d in done))
-            trial.set_user_attr(record.RESUMED, {"from_trial": origin, "fold": first_fold + 1,
-                                            "epochs_inherited": epochs_trained})
+                bar.update(sum(len(d.f1_history) for d in done))
+            trial.set_user_attr(record.RESUMED, {"from_trial": origin, "fold": resume.fold + 1,
+                                                 "epochs_inherited": resume.epochs_trained})
         else:
             trial.set_user_attr(record.RESUMED, None)  # a retry carries its original's attributes
-        epochs_inherited = epochs_trained
+        epochs_inherited = epochs_trained = resume.epochs_trained if resume is not None else 0
         keep_checkpoint = False
 
         def write_attrs(extra: dict | None = None) -> None:
             attrs = {
-                record.FOLD_F1: [d["f1"] for d in done], record.FOLD_ACCURACY: [d["accuracy"] for d in done],
-                record.BEST_EPOCH: [d["best_epoch"] for d in done],
+                record.FOLD_F1: [d.f1 for d in done], record.FOLD_ACCURACY: [d.accuracy for d in done],
+                record.BEST_EPOCH: [d.best_epoch for d in done],
                 record.EPOCHS_TRAINED: epochs_trained, record.EPOCHS_TRAINED_HERE: epochs_trained - epochs_inherited,
                 record.SECONDS: round(time.perf_counter() - started, 3),
-                record.IMAGES_PER_SECOND: round(float(np.mean([d["speed"] for d in done])), 1) if done else 0.0,
-                record.PEAK_MEMORY_MB: _peak_memory_mb(self.device), **(extra or {}),
+                record.IMAGES_PER_SECOND: round(float(np.mean([d.images_per_second for d in done])), 1) if done else 0.0,
+                record.PEAK_MEMORY_MB: peak_memory_mb(self.device), **(extra or {}),
             }
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
 
-        def running_mean(fold: int, best_in_fold: float) -> float:
-            return float(np.mean([d["f1"] for d in done[:fold]] + [best_in_fold]))
-
         try:
             if resume is not None:
-                self._replay_reports(trial, done, partial, per_fold)
+                self._replay_reports(trial, steps, done, partial)
+            first_fold = len(done)  # the fold a resumed trial continues; every later fold starts afresh
             for fold, (train_idx, val_idx) in enumerate(folds):
                 if fold < first_fold:
                     continue
                 fold_data = TrainingData(images, train_idx, train_labels[train_idx], val_idx, dataset.labels[val_idx])
                 fold_resume = partial if fold == first_fold else None
-                best_in_fold = [max(fold_resume["result"]["f1_history"], default=0.0) if fold_resume else 0.0]
+                finished_f1 = [d.f1 for d in done]
+                best_in_fold = [max(fold_resume.result.f1_history, default=0.0) if fold_resume else 0.0]
 
-                def on_epoch(epoch: int, f1: float, accuracy: float, fold=fold, best_in_fold=best_in_fold) -> None:
+                def on_epoch(epoch: int, f1: float, accuracy: float, fold=fold, best_in_fold=best_in_fold,
+                             finished_f1=finished_f1) -> None:
                     nonlocal epochs_trained
                     raise_if_interrupted()  # a signal whose KeyboardInterrupt was swallowed
                     epochs_trained += 1
                     best_in_fold[0] = max(best_in_fold[0], f1)
-                    if per_fold:
+                    if steps.per_fold:
                         return
-                    running = running_mean(fold, best_in_fold[0])
-                    trial.report(running, fold * settings.epochs + epoch)
-                    # After the last epoch of the last fold the work is done: pruning then would
-                    # save nothing and only turn a finished trial into a pruned one.
-                    last_step = fold + 1 == len(folds) and epoch + 1 == settings.epochs
-                    if not last_step and trial.should_prune():
+                    running = steps.running_mean(finished_f1, best_in_fold[0])
+                    step = steps.epoch_step(fold, epoch)
+                    trial.report(running, step)
+                    if step < steps.last and trial.should_prune():
                         raise optuna.TrialPruned(
                             f"pruned at fold {fold + 1} epoch {epoch + 1}: running mean macro F1 {running:.4f}")
 
-                def on_checkpoint(state: dict, fold=fold) -> None:
+                def on_checkpoint(state: FoldState, fold=fold) -> None:
                     if self.checkpoints is not None:
-                        self.checkpoints.save(origin, {"fingerprint": fingerprint, "fold": fold, "done": done,
-                                                       "train": state})
+                        self.checkpoints.save(origin, FoldCheckpoint(fingerprint, fold, tuple(done), state))
 
                 result, model = self._fit_fold(trial, origin, params, fold_data, fold, on_epoch, on_checkpoint,
                                                fold_resume, bar)
@@ -172,23 +154,19 @@ class Objective:
                 trial.set_user_attr(record.TRAINABLE_PARAM_COUNT, trainable)
                 trial.set_user_attr(record.FREEZE_DEPTH_EFFECTIVE, model.freeze_depth)
                 del model
-                done.append({"f1": round(result.best_f1, 6), "accuracy": round(result.best_accuracy, 6),
-                             "best_epoch": result.best_epoch, "speed": result.images_per_second,
-                             "history": list(result.f1_history),
-                             "probs": torch.from_numpy(result.best_probs)})
+                done.append(FoldOutcome.of(result))
                 out_of_fold[val_idx], fold_of[val_idx] = result.best_probs, fold
-                if per_fold:
-                    trial.report(result.best_f1, fold)
-                    if fold + 1 < len(folds) and trial.should_prune():
+                if steps.per_fold:
+                    trial.report(done[-1].f1, fold)
+                    if fold < steps.last and trial.should_prune():
                         write_attrs({record.PRUNED_AFTER_FOLDS: fold + 1})
-                        return float(np.mean([d["f1"] for d in done]))
-            fold_f1 = [d["f1"] for d in done]
+                        return float(np.mean([d.f1 for d in done]))
+            fold_f1 = [d.f1 for d in done]
             scored = fold_of >= 0
             confusion = _confusion(dataset.labels[scored], out_of_fold[scored].argmax(1), dataset.num_classes)
             write_attrs({record.CONFUSION: confusion})
             self._save_oof(trial, OutOfFold(out_of_fold, dataset.labels, fold_of, dataset.fingerprint()))
-            self._note(trial, params, fold_f1, [d["accuracy"] for d in done], time.perf_counter() - started,
-                       [d["speed"] for d in done], confusion)
+            self._note(trial, params, done, time.perf_counter() - started, confusion)
             return float(np.mean(fold_f1))
         except optuna.TrialPruned as pruned:
             write_attrs({record.PRUNE_REASON: str(pruned)})
@@ -209,38 +187,34 @@ class Objective:
                 self.checkpoints.remove(origin)
             release_memory(self.device)
 
-    def _resume(self, trial: optuna.Trial, origin: int, fingerprint: dict) -> dict | None:
+    def _resume(self, trial: optuna.Trial, origin: int, fingerprint: dict) -> FoldCheckpoint | None:
         """The checkpoint this trial continues from, or None (with a note when one was unusable)."""
         if self.checkpoints is None:
             return None
-        state, note = self.checkpoints.load(origin, fingerprint)
+        checkpoint, note = self.checkpoints.load(origin, fingerprint)
         if note is not None:
-            trial.set_user_attr(record.CHECKPOINT_NOTE, note)
-            self.log(f"warning: trial {trial.number}: {note}")
-        return state
+            self._checkpoint_note(trial, note)
+        return checkpoint
 
-    def _replay_reports(self, trial: optuna.Trial, done: list[dict], partial: dict | None, per_fold: bool) -> None:
+    @staticmethod
+    def _checkpoint_note(trial: optuna.Trial, note: str) -> None:
+        trial.set_user_attr(record.CHECKPOINT_NOTE, note)
+        logger.warning("trial %d: %s", trial.number, note)
+
+    def _replay_reports(self, trial: optuna.Trial, steps: PruningSteps, done: list[FoldOutcome],
+                        partial: FoldState | None) -> None:
         """Report the intermediate values of the epochs a resumed trial inherits, as they were.
 
         The pruner then sees the same curve as for an uninterrupted trial; it is asked once more
         about the last inherited step, whose answer the killed worker may not have acted on.
         """
-        epochs = self.space.study.epochs
-        histories = [d["history"] for d in done] + ([partial["result"]["f1_history"]] if partial else [])
-        step = None
-        if per_fold:
-            for fold, d in enumerate(done):
-                trial.report(d["f1"], step := fold)
-        else:
-            for fold, history in enumerate(histories):
-                best = 0.0
-                for epoch, f1 in enumerate(history):
-                    best = max(best, f1)
-                    value = float(np.mean([d["f1"] for d in done[:fold]] + [best]))
-                    trial.report(value, step := fold * epochs + epoch)
-        last = (self.space.study.folds - 1 if per_fold else self.space.study.folds * epochs - 1)
-        if step is not None and step < last and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step} after resuming from trial {original_trial_number(trial)}")
+        histories = [d.f1_history for d in done] + ([partial.result.f1_history] if partial else [])
+        reports = steps.curve([d.f1 for d in done], histories)
+        for step, value in reports:
+            trial.report(value, step)
+        if reports and reports[-1][0] < steps.last and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {reports[-1][0]} after resuming from trial "
+                                     f"{record.retried_from(trial)}")
 
     def _save_oof(self, trial, oof: OutOfFold) -> None:
         """Keep the OOF probabilities for ensembles, calibration and label issues (see oof.py)."""
@@ -251,25 +225,33 @@ class Objective:
         except Exception as e:  # a full disk: the trial's score still counts
             trial.set_user_attr(record.OOF_ERROR, f"{type(e).__name__}: {e}"[:500])
 
-    def _note(self, trial, params: TrialParams, fold_f1, fold_accuracy, seconds, speeds, confusion) -> None:
+    def _note(self, trial, params: TrialParams, done: list[FoldOutcome], seconds: float, confusion) -> None:
         """The dashboard note and confusion-matrix artifact; a failure here must not fail the trial."""
         try:
-            record_trial_note(trial, params=params.as_dict(), fold_f1=fold_f1, fold_accuracy=fold_accuracy,
-                              seconds=seconds, images_per_second=float(np.mean(speeds)) if speeds else 0.0,
+            record_trial_note(trial, params=params.as_dict(), fold_f1=[d.f1 for d in done],
+                              fold_accuracy=[d.accuracy for d in done], seconds=seconds,
+                              images_per_second=float(np.mean([d.images_per_second for d in done])) if done else 0.0,
                               class_names=self.data.dataset.class_names, confusion=confusion,
                               artifact_dir=self.artifact_dir)
         except Exception as e:  # a full disk or an unwritable artifact folder: keep the trial's score
             trial.set_user_attr(record.NOTE_ERROR, f"{type(e).__name__}: {e}"[:500])
 
     def _fit_fold(self, trial, origin: int, params: TrialParams, fold_data: TrainingData, fold: int, on_epoch,
-                  on_checkpoint, resume: dict | None, bar):
+                  on_checkpoint, resume: FoldState | None, bar):
         settings = self.space.study
-        seed = fold_seed(settings.seed, origin, fold)
-        kwargs = dict(config=TrainConfig.of(settings), num_classes=self.data.dataset.num_classes, device=self.device, seed=seed,
-                      on_epoch=on_epoch, on_checkpoint=on_checkpoint, progress=bar)
+        kwargs = dict(config=settings.train_config(), num_classes=self.data.dataset.num_classes, device=self.device,
+                      seed=fold_seed(settings.seed, origin, fold), on_epoch=on_epoch, on_checkpoint=on_checkpoint,
+                      progress=bar)
         try:
-            return train_fold(params, fold_data, resume=resume,
-                              accumulation=resume["accumulation"] if resume else 1, **kwargs)
+            try:
+                return train_fold(params, fold_data, resume=resume,
+                                  accumulation=resume.accumulation if resume else 1, **kwargs)
+            except UnusableCheckpoint as e:  # other shapes: this fold starts from zero
+                self._checkpoint_note(trial, f"the checkpoint of fold {fold + 1} cannot be resumed: {e}; "
+                                             f"training the fold from zero")
+                if bar is not None:
+                    bar.reset(total=bar.total)
+                return train_fold(params, fold_data, **kwargs)
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
@@ -280,7 +262,7 @@ class Objective:
         release_memory(self.device)
         half = max(1, params.batch_size // 2)
         trial.set_user_attr(record.OOM_RETRY, f"fold {fold + 1}: out of memory at batch {params.batch_size}; "
-                                         f"retried at {half} x 2 accumulation")
+                                              f"retried at {half} x 2 accumulation")
         try:
             return train_fold(params, fold_data, accumulation=2, **kwargs)
         except Exception as e:
@@ -290,20 +272,5 @@ class Objective:
                                f"{half} x 2 accumulation; lower batch_size or image_size ({first[:500]})") from e
 
 
-def release_memory(device: torch.device) -> None:
-    """Drop what the last trial left: Python garbage and the CUDA cache."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
-
     return confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()

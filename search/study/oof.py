@@ -10,7 +10,9 @@ predictions for the whole train set, so they can be reused without new training:
   and :func:`nested_offset_gain` estimates the gain honestly, fitting on the other folds;
 - :func:`find_label_issues` ranks images whose given label the predictions doubt (cleanlab).
 
-Every score here is :func:`macro_f1`, the competition's metric, over all ``n_classes`` classes.
+Every score here is :func:`maskopt.search.train.metrics.macro_f1` with the PRESENT policy (the
+classes in the labels or the predictions): the competition's metric, and the same function and
+policy as the search's fold scores, so a trial's OOF score and its CV score agree.
 """
 
 from __future__ import annotations
@@ -25,68 +27,15 @@ from typing import NamedTuple
 import numpy as np
 import optuna
 from cleanlab.filter import find_label_issues as cleanlab_find
-from sklearn.metrics import f1_score
 
 from maskopt.search.study import record
+from maskopt.search.train.metrics import PRESENT, macro_f1, macro_f1_many
 from maskopt.storage import artifact_store
 
 OFFSET_GRID = np.round(np.linspace(-2.0, 2.0, 81), 10)
 """Offsets tried for each class by :func:`fit_class_offsets`: -2 to 2 in steps of 0.05."""
 OFFSET_PASSES = 3
 """Most passes of coordinate ascent over the classes; a pass that changes nothing ends it."""
-
-
-def macro_f1(y, probs_or_pred, *, n_classes: int | None = None) -> float:
-    """Macro F1 over the classes ``0 .. n_classes - 1``.
-
-    A class with no true and no predicted image scores 0 (``zero_division=0``), as in the
-    competition, so missing a class costs the same whether or not it is in ``y``.
-
-    Parameters
-    ----------
-    y : array of int, shape (n,)
-        True (given) labels.
-    probs_or_pred : array, shape (n, n_classes) or (n,)
-        Probabilities or scores (their argmax is the prediction), or predicted labels.
-    n_classes : int, optional
-        Number of classes; by default the width of ``probs_or_pred``, or for labels one more
-        than the largest label in either argument.
-
-    Returns
-    -------
-    float
-        The macro F1, from ``sklearn.metrics.f1_score``.
-    """
-    y = np.asarray(y)
-    pred = np.asarray(probs_or_pred)
-    if pred.ndim == 2:
-        n_classes = pred.shape[1] if n_classes is None else n_classes
-        pred = pred.argmax(axis=1)
-    elif n_classes is None:
-        n_classes = int(max(y.max(initial=-1), pred.max(initial=-1))) + 1
-    if len(y) != len(pred):
-        raise ValueError(f"{len(y)} labels but {len(pred)} predictions")
-    return float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))
-
-
-def _fast_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """:func:`macro_f1` of labels, computed from counts: about 50 times faster, for the loops."""
-    true_pos = np.bincount(y[y == pred], minlength=n_classes)
-    support = np.bincount(y, minlength=n_classes) + np.bincount(pred, minlength=n_classes)
-    f1 = np.divide(2 * true_pos, support, out=np.zeros(n_classes), where=support > 0)
-    return float(f1.mean())
-
-
-def _fast_f1_many(y: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """:func:`_fast_f1` of each row of ``preds`` (shape ``(m, n)``) at once."""
-    m = len(preds)
-    rows = np.arange(m)[:, None] * n_classes
-    hits = preds == y[None, :]
-    true_pos = np.bincount((rows + preds)[hits], minlength=m * n_classes).reshape(m, n_classes)
-    predicted = np.bincount((rows + preds).ravel(), minlength=m * n_classes).reshape(m, n_classes)
-    support = predicted + np.bincount(y, minlength=n_classes)[None, :]
-    f1 = np.divide(2 * true_pos, support, out=np.zeros((m, n_classes)), where=support > 0)
-    return f1.mean(axis=1)
 
 
 def _labels(y, n: int | None, n_classes: int) -> np.ndarray:
@@ -187,7 +136,7 @@ def caruana_ensemble(oof_list: Sequence[np.ndarray], y, *, size: int, n_classes:
         raise ValueError(f"all candidates need the same shape, got {sorted({p.shape for p in probs})}")
     y = _labels(y, len(probs[0]), n_classes)
 
-    singles = np.array([_fast_f1(y, p.argmax(axis=1), n_classes) for p in probs])
+    singles = np.array([macro_f1(y, p, n_classes=n_classes, classes=PRESENT) for p in probs])
     best = int(np.argmax(singles))  # argmax returns the first of ties
     picks = [best]
     total = probs[best].copy()
@@ -195,7 +144,7 @@ def caruana_ensemble(oof_list: Sequence[np.ndarray], y, *, size: int, n_classes:
     while len(picks) < size:
         # The argmax of a sum equals that of the average, so no division is needed. One
         # candidate at a time keeps memory at one (n_images, n_classes) array.
-        scores = np.array([_fast_f1(y, (total + p).argmax(axis=1), n_classes) for p in probs])
+        scores = np.array([macro_f1(y, total + p, n_classes=n_classes, classes=PRESENT) for p in probs])
         candidate = int(np.argmax(scores))
         if scores[candidate] <= score:
             break
@@ -208,9 +157,9 @@ def caruana_ensemble(oof_list: Sequence[np.ndarray], y, *, size: int, n_classes:
         members=members,
         weights=tuple(float(counts[m] / len(picks)) for m in members),
         picks=tuple(picks),
-        f1=macro_f1(y, total, n_classes=n_classes),
+        f1=macro_f1(y, total, n_classes=n_classes, classes=PRESENT),
         best_single=best,
-        best_single_f1=macro_f1(y, probs[best], n_classes=n_classes),
+        best_single_f1=float(singles[best]),
         single_f1s=tuple(float(s) for s in singles),
     )
 
@@ -285,8 +234,8 @@ def _fit_offsets(scores: np.ndarray, y: np.ndarray, n_classes: int, grid: np.nda
                 base[None, :] + grid[:, None] > rival_score[None, :],
             )
             preds = np.where(wins, c, rival[None, :])
-            f1s = _fast_f1_many(y, preds, n_classes)
-            current = _fast_f1(y, shifted.argmax(axis=1), n_classes)
+            f1s = macro_f1_many(y, preds, n_classes=n_classes, classes=PRESENT)
+            current = macro_f1(y, shifted, n_classes=n_classes, classes=PRESENT)
             best = int(np.argmax(f1s))
             if f1s[best] > current + 1e-12 and grid[best] != offsets[c]:
                 offsets[c] = grid[best]
@@ -349,7 +298,8 @@ def nested_offset_gain(
         held_out = folds == fold
         offsets = _fit_offsets(scores[~held_out], y[~held_out], n_classes, grid, passes)
         pred[held_out] = (scores[held_out] + offsets).argmax(axis=1)
-    return OffsetGain(macro_f1(y, scores, n_classes=n_classes), macro_f1(y, pred, n_classes=n_classes))
+    return OffsetGain(macro_f1(y, scores, n_classes=n_classes, classes=PRESENT),
+                      macro_f1(y, pred, n_classes=n_classes, classes=PRESENT))
 
 
 # --- label issues ---------------------------------------------------------------------------
@@ -447,8 +397,6 @@ def find_label_issues(probs, y, *, image_ids: Sequence, person_ids: Sequence | N
 
 # --- storing a trial's OOF probabilities ----------------------------------------------------
 
-OOF_ATTR = record.OOF_ARTIFACT
-
 
 @dataclass(frozen=True)
 class OutOfFold:
@@ -469,9 +417,6 @@ class OutOfFold:
 
 def save_oof(trial, oof: OutOfFold, artifact_dir) -> str:
     """Upload ``oof`` as an artifact of ``trial`` (``oof-trial-<n>.npz``) and record its id."""
-
-
-
     with tempfile.TemporaryDirectory(prefix="maskopt-oof-") as tmp:
         path = Path(tmp) / f"oof-trial-{trial.number}.npz"
         np.savez_compressed(path, probs=oof.probs.astype(np.float16), labels=oof.labels.astype(np.int16),
@@ -479,17 +424,19 @@ def save_oof(trial, oof: OutOfFold, artifact_dir) -> str:
         artifact_id = optuna.artifacts.upload_artifact(artifact_store=artifact_store(artifact_dir),
                                                        file_path=str(path), study_or_trial=trial,
                                                        mimetype="application/octet-stream")
-    trial.set_user_attr(OOF_ATTR, artifact_id)
+    trial.set_user_attr(record.OOF_ARTIFACT, artifact_id)
     return artifact_id
 
 
-def load_oof(trial, artifact_dir, dataset=None) -> OutOfFold | None:
-    """The stored OOF predictions of a (frozen) trial, or None when it has none or they are gone.
+def load_oof(trial: record.TrialRecord | optuna.trial.FrozenTrial, artifact_dir, dataset=None) -> OutOfFold | None:
+    """The stored OOF predictions of a finished trial, or None when it has none or they are gone.
 
     With ``dataset``, only predictions of exactly that data count (its fingerprint, image and
     class counts): another dataset's rows would be mixed with the wrong labels.
     """
-    artifact_id = trial.user_attrs.get(OOF_ATTR)
+    if not isinstance(trial, record.TrialRecord):
+        trial = record.TrialRecord.of(trial)
+    artifact_id = trial.oof_artifact
     # artifact_store creates a missing folder: look first, so a typo leaves no empty folder behind.
     if not isinstance(artifact_id, str) or not Path(artifact_dir).is_dir():
         return None

@@ -13,13 +13,15 @@ before torch is imported.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
 
 from maskopt.errors import MaskoptError
+
+logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 # Two workers (the demo on a 2-core laptop) write a few rows a minute: SQLite keeps up. Beyond
@@ -27,58 +29,56 @@ EXIT_INTERRUPTED = 130
 SQLITE_WORKERS = 2
 
 
-def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None = None, device: str = "auto",
-                threads: int | None = None, worker_index: int = 0, log: Callable[[str], None] = print,
-                **search_kwargs):
-    """Run ``n_workers`` processes of ``run_search`` on one study and return its summary.
+def run_workers(space, *, workers: int, trials: int, storage: str | None = None, device: str = "auto",
+                threads: int | None = None, worker_index: int = 0, **search_kwargs):
+    """Run ``workers`` processes of ``run_search`` on one study and return its summary.
+
+    Each worker's lines (per-trial lines, warnings) are logged by this module's logger, prefixed
+    with ``[worker N]``.
 
     Args:
         space: The ``SearchSpace``.
-        n_workers: Worker processes to start.
-        n_trials: The study's total across all workers.
-        storage_url: The storage; SQLite works for a few local workers, PostgreSQL scales.
+        workers: Worker processes to start.
+        trials: The study's total across all workers.
+        storage: The storage; SQLite works for a few local workers, PostgreSQL scales.
         device: ``auto``, ``cpu`` or ``cuda``; with GPUs each worker sees one (round robin).
         threads: CPU threads per worker (default: the free cores divided among the workers).
         worker_index: Index of the first worker; workers get consecutive indices. On several
             machines, give each machine's first index past the previous machine's workers.
-        log: Where the parent's and workers' lines go (workers' lines are prefixed).
-        **search_kwargs: Other ``run_search`` arguments (data, study_name, seed, exclude_broken,
-            timeout, cache_dir, artifact_dir, heartbeat_interval).
+        **search_kwargs: Other ``run_search`` arguments (data, study, seed, exclude_broken,
+            timeout, cache_dir, artifacts, heartbeat_interval, checkpoints).
 
     Raises:
         SearchInterrupted: Ctrl-C or SIGTERM; each worker marked its running trial FAIL.
         MaskoptError: A worker failed.
     """
-    from maskopt.search.study.runner import (
-        SearchInterrupted,
-        open_search,
-        summary_of,
-        threads_per_worker,
-    )
+    from maskopt.errors import SearchInterrupted
+    from maskopt.search.study.runner import open_search, summary_of
+    from maskopt.search.train.resources import threads_per_worker
     from maskopt.storage import redact, resolve_url
 
-    url = resolve_url(storage_url)
-    if url.startswith("sqlite") and n_workers > SQLITE_WORKERS:
-        log("warning: SQLite serialises writes, so several workers wait on each other and may see "
-            "'database is locked'. For many workers, or workers on several machines, use PostgreSQL: "
-            "`storage_url` postgresql://USER:PASSWORD@HOST/DB (see README, 'Many workers').")
-    open_keys = ("data", "study_name", "seed", "exclude_broken", "cache_dir", "heartbeat_interval")
+    url = resolve_url(storage)
+    if url.startswith("sqlite") and workers > SQLITE_WORKERS:
+        logger.warning("SQLite serialises writes, so several workers wait on each other and may see "
+                       "'database is locked'. For many workers, or workers on several machines, use PostgreSQL: "
+                       "`storage` postgresql://USER:PASSWORD@HOST/DB (see README, 'Many workers').")
+    open_keys = ("data", "study", "seed", "exclude_broken", "cache_dir", "heartbeat_interval", "quiet")
     open_kwargs = {k: v for k, v in search_kwargs.items() if k in open_keys}
-    opened = open_search(space, storage_url=url, log=log, **open_kwargs)
+    opened = open_search(space, storage=url, **open_kwargs)
 
     gpus = _gpu_count(device)
-    per_worker_threads = threads or threads_per_worker(n_workers)
+    per_worker_threads = threads or threads_per_worker(workers)
     context = multiprocessing.get_context("spawn")
     processes = []
-    for index in range(n_workers):
+    for index in range(workers):
         env = {"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus else {}
-        kwargs = dict(search_kwargs, n_trials=n_trials, storage_url=url, device=device, threads=per_worker_threads,
-                      worker_index=worker_index + index)
+        kwargs = dict(search_kwargs, trials=trials, storage=url, device=device, threads=per_worker_threads,
+                      worker_index=worker_index + index, quiet=True)
         process = context.Process(target=_worker_main, args=(index, space, kwargs, env), name=f"maskopt-worker-{index}")
         process.start()
         processes.append(process)
     where = f"{gpus} GPU(s)" if gpus else f"{per_worker_threads} CPU thread(s) each"
-    log(f"started {n_workers} workers on study {opened.study.study_name!r} in {redact(url)} ({where})")
+    logger.info("started %d workers on study %r in %s (%s)", workers, opened.study.study_name, redact(url), where)
 
     def forward(signum, frame):
         for process in processes:
@@ -95,11 +95,11 @@ def run_workers(space, *, n_workers: int, n_trials: int, storage_url: str | None
     codes = [p.exitcode for p in processes]
     if any(code in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGINT) for code in codes):
         raise SearchInterrupted(f"workers interrupted (exit codes {codes}); their running trials were marked FAIL. "
-                                f"Run the same command to continue to {n_trials} trials.")
+                                f"Run the same command to continue to {trials} trials.")
     if any(code != 0 for code in codes):
-        raise MaskoptError(f"{sum(c != 0 for c in codes)} of {n_workers} workers failed (exit codes {codes}); "
+        raise MaskoptError(f"{sum(c != 0 for c in codes)} of {workers} workers failed (exit codes {codes}); "
                            f"their messages are above. The study is intact: run the same command to continue.")
-    return summary_of(opened.study, url, n_trials, opened.notes)
+    return summary_of(opened.study, url, trials, opened.notes)
 
 
 def _join(process, forward) -> None:
@@ -122,18 +122,33 @@ def _gpu_count(device: str) -> int:
 
 def _worker_main(index: int, space, kwargs: dict, env: dict) -> None:
     os.environ.update(env)  # before torch is imported in this process
-    from maskopt.search.study.runner import SearchInterrupted, run_search
+    import optuna
 
-    def log(line: str) -> None:
-        if line.startswith("note: "):  # the data's notes: the parent printed them once already
-            return
-        print(f"[worker {index}] {line}", flush=True)
+    from maskopt.errors import SearchInterrupted
+    from maskopt.search.study.runner import run_search
 
+    # This process is the program here: its lines go to stdout with the worker's number. The
+    # dataset's notes are left out (the parent printed them once), and so are Optuna's own lines,
+    # which only repeat the per-trial lines.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"[worker {index}] %(message)s"))
+    handler.addFilter(_warnings_marked)
+    root = logging.getLogger("maskopt")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("maskopt.search.notes").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        run_search(space, progress=False, log=log, **kwargs)
+        run_search(space, **kwargs)
     except SearchInterrupted:
-        log("interrupted; its running trial was marked FAIL")
+        logger.info("interrupted; its running trial was marked FAIL")
         sys.exit(EXIT_INTERRUPTED)
     except MaskoptError as e:
-        log(f"Error: {e}")
+        logger.info("Error: %s", e)
         sys.exit(1)
+
+
+def _warnings_marked(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING and not str(record.msg).startswith("warning: "):
+        record.msg, record.args = f"warning: {record.getMessage()}", None
+    return True

@@ -18,12 +18,12 @@ import timm.data
 import timm.optim
 import timm.scheduler
 import torch
-from sklearn.metrics import f1_score
 
-from maskopt.search.space import StudySettings, TrialParams
+from maskopt.search.train import metrics
 from maskopt.search.train.augment import BatchAugment
 from maskopt.search.train.losses import LOSSES
 from maskopt.search.train.models import build_model
+from maskopt.search.train.params import TrainConfig, TrialParams
 from maskopt.search.train.sampling import CLASS_SAMPLERS
 
 
@@ -62,30 +62,72 @@ class TrainingData:
     val_labels: np.ndarray  # official labels, what the score is measured on
 
 
+class UnusableCheckpoint(ValueError):
+    """A saved fold state that cannot be resumed (other shapes, a malformed structure)."""
+
+
+@dataclass(frozen=True)
+class FoldState:
+    """Where a fold's training stands after an epoch: what ``train_fold(resume=...)`` continues from.
+
+    ``to_state``/``from_state`` give its plain form (tensors, numbers, dicts and lists), which
+    ``torch.load(weights_only=True)`` reads back; the keys are those of every checkpoint written
+    so far, so older checkpoints still resume.
+    """
+
+    accumulation: int
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
+    result: FoldResult
+    train_seconds: float
+    images_seen: int
+    num_updates: int
+
+    def to_state(self) -> dict:
+        result = dataclasses.asdict(self.result)
+        if self.result.best_probs is not None:
+            result["best_probs"] = torch.from_numpy(self.result.best_probs)
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "result": result}
+
+    @classmethod
+    def from_state(cls, state) -> FoldState:
+        """The fold state of a checkpoint's plain form.
+
+        Raises:
+            UnusableCheckpoint: A missing key or a value of the wrong kind.
+        """
+        try:
+            result = dict(state["result"])
+            probs = result["best_probs"]
+            if probs is not None and not isinstance(probs, torch.Tensor):
+                raise TypeError("best_probs is not a tensor")
+            result = FoldResult(**{**result, "best_probs": None if probs is None else probs.numpy(),
+                                   "f1_history": [float(v) for v in result["f1_history"]]})
+            fields = {f.name: state[f.name] for f in dataclasses.fields(cls) if f.name != "result"}
+            for key in ("model", "optimizer", "scheduler", "scaler"):
+                if not isinstance(fields[key], dict):
+                    raise TypeError(f"{key} is not a mapping")
+            for key in ("generator", "torch_rng"):
+                if not isinstance(fields[key], torch.Tensor):
+                    raise TypeError(f"{key} is not a tensor")
+            if type(fields["accumulation"]) is not int or fields["accumulation"] < 1:
+                raise TypeError("accumulation is not a positive integer")
+            return cls(**fields, result=result)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UnusableCheckpoint(f"its training state is malformed ({type(e).__name__}: {str(e)[:200]})") from e
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA and host allocation failures."""
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What training takes from the study's settings, and nothing more."""
-
-    epochs: int
-    warmup_epochs: float = 1.0  # linear learning-rate warm-up, then cosine decay
-    pretrained: bool = False
-    weights: str | None = None  # local weights file or folder (see models.build_model)
-    amp: bool = True  # mixed precision on CUDA
-    channels_last: bool = True  # channels-last tensors: faster convolutions on CUDA and the CPU
-    compile: bool = False  # torch.compile on CUDA
-
-    @classmethod
-    def of(cls, settings: StudySettings, **changes) -> TrainConfig:
-        config = cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
-        return dataclasses.replace(config, **changes)
 
 
 def autocast_dtype(device: torch.device, settings: TrainConfig) -> torch.dtype | None:
@@ -115,8 +157,8 @@ def train_fold(
     seed: int,
     accumulation: int = 1,
     on_epoch: Callable[[int, float, float], None] | None = None,
-    on_checkpoint: Callable[[dict], None] | None = None,
-    resume: dict | None = None,
+    on_checkpoint: Callable[[FoldState], None] | None = None,
+    resume: FoldState | None = None,
     progress=None,
 ) -> tuple[FoldResult, torch.nn.Module]:
     """Train ``params`` on the fold's training rows, scoring the validation rows every epoch.
@@ -181,16 +223,20 @@ def train_fold(
     result = FoldResult()
     train_seconds, images_seen, num_updates, first_epoch = 0.0, 0, 0, 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])  # dropout and drop-path draw from it
-        if on_cuda and resume.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(resume["cuda_rng"], device)
-        result = _fold_result_from(resume["result"])
-        train_seconds, images_seen, num_updates = resume["train_seconds"], resume["images_seen"], resume["num_updates"]
+        try:
+            model.load_state_dict(resume.model)
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            scaler.load_state_dict(resume.scaler)
+            generator.set_state(resume.generator)
+            torch.set_rng_state(resume.torch_rng)  # dropout and drop-path draw from it
+            if on_cuda and resume.cuda_rng is not None:
+                torch.cuda.set_rng_state(resume.cuda_rng, device)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise UnusableCheckpoint(f"it does not fit this model and optimiser ({type(e).__name__}: "
+                                     f"{str(e)[:200]})") from e
+        result = dataclasses.replace(resume.result, f1_history=list(resume.result.f1_history))
+        train_seconds, images_seen, num_updates = resume.train_seconds, resume.images_seen, resume.num_updates
         first_epoch = result.epochs_trained
         if progress is not None:
             progress.update(first_epoch)
@@ -229,7 +275,8 @@ def train_fold(
                              batch_size=max(micro_batch * 2, 32), amp_dtype=amp_dtype,
                              channels_last=config.channels_last).numpy()
         predictions = probs.argmax(1)
-        f1, accuracy = macro_f1(data.val_labels, predictions), float(np.mean(predictions == data.val_labels))
+        f1 = metrics.macro_f1(data.val_labels, predictions, n_classes=probs.shape[1])  # PRESENT, as every score
+        accuracy = float(np.mean(predictions == data.val_labels))
         result.f1_history.append(f1)
         if f1 > result.best_f1 or result.best_epoch == 0:
             result.best_f1, result.best_accuracy, result.best_epoch = f1, accuracy, epoch + 1
@@ -237,32 +284,16 @@ def train_fold(
         if progress is not None:
             progress.set_postfix(f1=f"{f1:.3f}")
         if on_checkpoint is not None:
-            on_checkpoint({
-                "accumulation": accumulation, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
-                "result": _fold_result_state(result), "train_seconds": train_seconds,
-                "images_seen": images_seen, "num_updates": num_updates,
-            })
+            on_checkpoint(FoldState(
+                accumulation=accumulation, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), generator=generator.get_state(),
+                torch_rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state(device) if on_cuda else None,
+                result=dataclasses.replace(result, f1_history=list(result.f1_history)), train_seconds=train_seconds,
+                images_seen=images_seen, num_updates=num_updates))
         if on_epoch is not None:
             on_epoch(epoch, f1, accuracy)
     result.images_per_second = images_seen / train_seconds if train_seconds else 0.0
     return result, model
-
-
-def _fold_result_state(result: FoldResult) -> dict:
-    """``result`` as plain values and tensors, which ``torch.load(weights_only=True)`` reads back."""
-    state = dataclasses.asdict(result)
-    if result.best_probs is not None:
-        state["best_probs"] = torch.from_numpy(result.best_probs)
-    return state
-
-
-def _fold_result_from(state: dict) -> FoldResult:
-    probs = state["best_probs"]
-    return FoldResult(**{**state, "best_probs": None if probs is None else probs.numpy(),
-                         "f1_history": list(state["f1_history"])})
 
 
 def train_full(params: TrialParams, images: torch.Tensor, labels: np.ndarray, *, config: TrainConfig,
@@ -347,9 +378,3 @@ def predict_rows(model: torch.nn.Module, images: torch.Tensor, rows: np.ndarray,
                 probs = (probs + model(x.flip(3)).float().softmax(1)) / 2
         out.append(probs.cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Macro F1 over the classes present in truth or prediction (zero_division=0)."""
-
-    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))

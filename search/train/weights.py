@@ -67,7 +67,7 @@ class ImportResult:
     unchanged: bool = False
 
 
-def import_weights(src: str | Path, backbone: str, out_dir: str | Path, *, force: bool = False) -> ImportResult:
+def import_weights(src: str | Path, *, backbone: str, out: str | Path = "weights", force: bool = False) -> ImportResult:
     """Convert a checkpoint into ``<out_dir>/<backbone>.safetensors`` for timm model ``backbone``.
 
     Args:
@@ -76,7 +76,7 @@ def import_weights(src: str | Path, backbone: str, out_dir: str | Path, *, force
             ``model``), or a ``.safetensors`` file.
         backbone: The timm model name the weights are for (``tf_efficientnet_lite0``), optionally
             with a pretrained tag.
-        out_dir: Folder to write into; created when missing.
+        out: Folder to write into; created when missing.
         force: Replace an existing file that holds other weights.
 
     Returns:
@@ -90,7 +90,7 @@ def import_weights(src: str | Path, backbone: str, out_dir: str | Path, *, force
     """
 
     src = Path(src).expanduser()
-    out_dir = Path(out_dir).expanduser()
+    out_dir = Path(out).expanduser()
     check_backbone(backbone)
     source, wrapper = _read_source(src)
     target, head = _target(backbone)

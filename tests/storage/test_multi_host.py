@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 from worker_processes import (
-    FINISHED, load, make_tiny_data, scored_an_epoch, wait_for_running_trial, worker_cmd, write_space,
+    FINISHED,
+    load,
+    make_tiny_data,
+    scored_an_epoch,
+    wait_for_running_trial,
+    worker_cmd,
+    write_space,
 )
 
 pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each

@@ -130,7 +130,7 @@ def test_dashboard_port_in_use(sqlite_url, tmp_path, monkeypatch):
     fake_dashboard(monkeypatch, busy)
     result = CliRunner().invoke(cli, ["dashboard", "--storage", sqlite_url, "--artifacts", str(tmp_path / "a")])
     assert result.exit_code == 1
-    assert "Error: Cannot listen on 127.0.0.1:8080 (Address already in use). Choose another --port" in result.stderr
+    assert "Error: cannot listen on 127.0.0.1:8080 (Address already in use). Choose another --port" in result.stderr
 
 
 def free_port():

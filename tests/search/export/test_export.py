@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 from maskopt.cli import cli
 from maskopt.search.data import labels as L
-from maskopt.search.study.runner import SPACE_ATTR, top_trials
+from maskopt.search.study import record
+from maskopt.search.study.record import StudyRecord, TrialRecord
 
 pytestmark = pytest.mark.usefixtures("main_study")
 
@@ -56,8 +57,8 @@ def majority_macro_f1(solution: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def best(main_study) -> optuna.trial.FrozenTrial:
-    return top_trials(optuna.load_study(study_name="main", storage=main_study.url), 1)[0]
+def best(main_study) -> TrialRecord:
+    return StudyRecord.open(main_study.url, "main").top(1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +98,8 @@ def test_config_records_how_to_rebuild_and_where_it_came_from(main_study, best):
     assert (config["study"], config["trial"]) == ("main", best.number)
     assert config["params"]["lr"] == best.params["lr"] and config["params"]["loss"] == best.params["loss"]
     assert config["params"]["batch_size"] == 16
-    assert config["cv_macro_f1"] == best.value and config["fold_macro_f1"] == best.user_attrs["fold_f1"]
-    assert config["epochs"] == max(1, round(np.mean(best.user_attrs["best_epoch"])))
+    assert config["cv_macro_f1"] == best.value and config["fold_macro_f1"] == list(best.fold_f1)
+    assert config["epochs"] == max(1, round(np.mean(best.best_epoch)))
     assert config["dataset_fingerprint"] == load_dataset(main_study.data).fingerprint()
     assert set(config["versions"]) == {"maskopt", "timm", "torch", "optuna"}
     assert config["models"] == ["model.safetensors"] and config["tta"] is False
@@ -181,15 +182,14 @@ def test_export_from_storage_alone_refuses_an_existing_folder_then_replaces_it_w
     assert (out / "model.safetensors").read_bytes() == (main_study.export / "model.safetensors").read_bytes()
     assert (out / "submission.csv").read_bytes() == (main_study.export / "submission.csv").read_bytes()
     assert not list(main_study.root.glob(".again*"))  # no staging folder left behind
-    study = optuna.load_study(study_name="main", storage=main_study.url)
-    assert study.user_attrs["maskopt_export"]["path"] == str(out.resolve())
+    assert StudyRecord.open(main_study.url, "main").export.path == out.resolve()
 
 
 def test_ensemble_folds_with_tta(ensemble, main_study, best):
     out, output = ensemble
     config = json.loads((out / "config.json").read_text())
     assert config["models"] == ["fold0.safetensors", "fold1.safetensors"] and config["tta"] is True
-    assert config["epochs"] == best.user_attrs["best_epoch"]
+    assert config["epochs"] == list(best.best_epoch)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "fold0.safetensors", "fold1.safetensors",
                                                      "submission.csv"]
     assert "models: fold0.safetensors, fold1.safetensors" in output
@@ -216,6 +216,38 @@ def test_predict_from_an_ensemble_uses_its_tta_and_reproduces_its_submission(ens
     assert [r[0] for r in read_rows(tmp_path / "n.csv")] == [r[0] for r in read_rows(out / "submission.csv")]
 
 
+def test_config_json_round_trips_through_export_config(main_study, ensemble, tmp_path):
+    """What export-best wrote reads back typed, and ``to_json`` writes the very same bytes."""
+    from maskopt.search.export import ExportConfig, read_export_config
+
+    for folder in (main_study.export, ensemble[0]):
+        text = (folder / "config.json").read_text()
+        config = ExportConfig.from_json(folder)
+        assert read_export_config(folder) == config
+        assert config.to_dict() == json.loads(text)
+        assert config.image_size == 32 and config.class_names == tuple(L.class_names()) and config.study == "main"
+        copy = tmp_path / folder.name
+        copy.mkdir()
+        assert config.to_json(copy) == copy / "config.json"
+        assert (copy / "config.json").read_text() == text
+        assert [p.name for p in copy.iterdir()] == ["config.json"]  # no temporary file left
+
+
+def test_the_library_takes_the_command_names(main_study, tmp_path):
+    """``predict`` and ``score`` of the Python face take the options of their commands, by the same names."""
+    import torch
+
+    from maskopt.search.export import predict, score
+
+    threads = torch.get_num_threads()
+    out = predict(model=main_study.export, data=main_study.data, out=tmp_path / "p.csv", device="cpu", threads=1,
+                  cache_dir=main_study.cache_dir, quiet=True)
+    assert torch.get_num_threads() == threads  # the caller's torch is left as it was
+    assert out.read_bytes() == (main_study.export / "submission.csv").read_bytes()
+    scored = score(out, main_study.data / "eval" / "solution.csv")
+    assert scored.count == 42
+
+
 # --- bad inputs: a clear error, and existing files untouched ---------------------------------------
 
 
@@ -240,7 +272,7 @@ def test_study_without_a_complete_trial(main_study, space_dict, tmp_path):
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     study = optuna.create_study(storage=url, study_name="empty", direction="maximize")
-    study.set_user_attr(SPACE_ATTR, parse_space(space_dict(study={"data": str(main_study.data)})).to_dict())
+    study.set_user_attr(record.SPACE, parse_space(space_dict(study={"data": str(main_study.data)})).to_dict())
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values={0: 0.1}))
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
     before = tree_digest(tmp_path)

@@ -13,19 +13,19 @@ import optuna
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import logged_lines
 from optuna.trial import TrialState
 
 from maskopt.cli import cli
 from maskopt.errors import SpaceError
+from maskopt.search.data.dataset import load_dataset
+from maskopt.search.space import load_space, parse_space
+from maskopt.search.study import record
+from maskopt.search.study.record import StudyRecord
+from maskopt.search.study.runner import run_search, sampler_seed
 from maskopt.search.train import loop as training
 from maskopt.search.train.losses import LOSSES
-from maskopt.search.data.dataset import load_dataset
-from maskopt.search.study import record
-from maskopt.search.study.record import TrialRecord
-from maskopt.search.study.runner import (
-    SPACE_ATTR, _busy_cores, counted_trials, free_cores, run_search, sampler_seed, threads_per_worker, top_trials,
-)
-from maskopt.search.space import load_space, parse_space
+from maskopt.search.train.resources import _busy_cores, free_cores, threads_per_worker
 
 FOLD_ATTRS = ("fold_f1", "fold_accuracy", "best_epoch")
 
@@ -34,13 +34,21 @@ def load(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
 
-def search(space, tmp_path, cache_dir, *, n_trials: int, db: str = "s.db", **kwargs):
+def search(space, tmp_path, cache_dir, *, trials: int, db: str = "s.db", **kwargs):
     """``run_search`` on one CPU thread, quietly; returns the study and the logged lines."""
-    lines: list[str] = []
     url = f"sqlite:///{tmp_path / db}"
-    run_search(space, n_trials=n_trials, storage_url=url, device="cpu", cache_dir=cache_dir, threads=1,
-               heartbeat_interval=None, progress=False, log=lines.append, **kwargs)
+    with logged_lines() as lines:
+        run_search(space, trials=trials, storage=url, device="cpu", cache_dir=cache_dir, threads=1,
+                   heartbeat_interval=None, quiet=True, **kwargs)
     return load(url, space.study.name), lines
+
+
+def counted_trials(study) -> int:
+    return StudyRecord.of(study).counted
+
+
+def top_trials(study, n: int = 5):
+    return StudyRecord.of(study).top(n)
 
 
 # --- the main study: 3 trials, 2 folds, on a SQLite file -----------------------------------------
@@ -89,8 +97,8 @@ def test_weak_trial_is_pruned_with_its_reason(main_study):
 
 def test_study_stores_its_space(main_study):
     study = load(main_study.url, "main")
-    assert study.user_attrs[SPACE_ATTR] == load_space(main_study.space_path).to_dict()
-    assert study.user_attrs[SPACE_ATTR]["params"]["lr"] == {"low": 1e-8, "high": 0.1, "log": True}
+    assert study.user_attrs[record.SPACE] == load_space(main_study.space_path).to_dict()
+    assert study.user_attrs[record.SPACE]["params"]["lr"] == {"low": 1e-8, "high": 0.1, "log": True}
 
 
 def test_study_stores_what_its_trials_share(main_study):
@@ -99,7 +107,7 @@ def test_study_stores_what_its_trials_share(main_study):
     dataset = load_dataset(main_study.data)
     assert study.user_attrs[record.LAYOUT] == "competition"
     assert study.user_attrs[record.CLASS_NAMES] == list(dataset.class_names)
-    best = TrialRecord.of(top_trials(study, 1)[0])
+    best = top_trials(study, 1)[0]
     assert best.ran_every_fold and len(best.fold_f1) == 2 and best.oof_artifact
     assert best.epochs_trained == 2 * 6 and best.origin == best.number
 
@@ -145,14 +153,12 @@ def test_rerun_adds_trials_up_to_the_total(write_space, demo_data, cache_dir, tm
 
 def test_resuming_with_another_dataset_path_is_allowed(space_dict, tmp_path):
     # Machines of one study may keep the data in different places: only what is trained must match.
-    from maskopt.search.study.runner import _bind_space
-
     first = parse_space(space_dict(study={"data": "/a/data"}))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'b.db'}", study_name="tiny", direction="maximize")
-    _bind_space(study, first)
-    _bind_space(study, parse_space(space_dict(study={"data": "/elsewhere"})))
+    StudyRecord.of(study).bind_space(first)
+    StudyRecord.of(study).bind_space(parse_space(space_dict(study={"data": "/elsewhere"})))
     with pytest.raises(SpaceError, match=r"study 'tiny' was created from a different search space than <space>"):
-        _bind_space(study, parse_space(space_dict(study={"data": "/a/data"}, params={"batch_size": 8})))
+        StudyRecord.of(study).bind_space(parse_space(space_dict(study={"data": "/a/data"}, params={"batch_size": 8})))
 
 
 def test_enqueued_trials_run_even_when_they_fill_the_total(space_dict, demo_data, cache_dir, tmp_path):
@@ -161,7 +167,7 @@ def test_enqueued_trials_run_even_when_they_fill_the_total(space_dict, demo_data
     space = parse_space(space_dict(study={"data": str(demo_data)}, params={"batch_size": [8, 16]}))
     url = f"sqlite:///{tmp_path / 'q.db'}"
     optuna.create_study(storage=url, study_name="tiny", direction="maximize").enqueue_trial({"batch_size": 8})
-    study, _ = search(space, tmp_path, cache_dir, n_trials=1, db="q.db")
+    study, _ = search(space, tmp_path, cache_dir, trials=1, db="q.db")
     assert [(t.state, t.params) for t in study.trials] == [(TrialState.COMPLETE, {"batch_size": 8})]
 
 
@@ -192,7 +198,7 @@ def test_out_of_memory_is_retried_at_half_batch_then_recorded(gpu_that_fits_8_im
     queued = optuna.create_study(storage=url, study_name="tiny", direction="maximize")
     for batch_size in (16, 64, 8):
         queued.enqueue_trial({"batch_size": batch_size})
-    study, lines = search(space, tmp_path, cache_dir, n_trials=3)
+    study, lines = search(space, tmp_path, cache_dir, trials=3)
 
     retried, failed, fine = study.trials
     # 16 does not fit; 8 x 2 accumulation does, with the same effective batch.
@@ -216,7 +222,7 @@ def test_non_finite_loss_prunes_with_its_reason(monkeypatch, space_dict, demo_da
 
     monkeypatch.setitem(LOSSES, "ce", nan_loss)
     space = parse_space(space_dict(study={"data": str(demo_data), "epochs": 2}))
-    study, lines = search(space, tmp_path, cache_dir, n_trials=1)
+    study, lines = search(space, tmp_path, cache_dir, trials=1)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs["prune_reason"] == "training loss became nan in epoch 1"
@@ -234,7 +240,7 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(monkeypatch, pruning_from_
     monkeypatch.setattr(runner, "build_pruner", lambda settings: optuna.pruners.ThresholdPruner(
         lower=2.0, n_warmup_steps=pruning_from_step))
     space = parse_space(space_dict(study={"data": str(demo_data), "epochs": 2}))
-    study, _ = search(space, tmp_path, cache_dir, n_trials=1)
+    study, _ = search(space, tmp_path, cache_dir, trials=1)
     (trial,) = study.trials
     assert trial.state == state
     assert max(trial.intermediate_values) == pruning_from_step  # the last step reported, either way
@@ -248,7 +254,7 @@ def test_same_seed_gives_same_parameters_and_scores(space_dict, demo_data, cache
                                    params={"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "loss": ["ce", "focal"]}))
 
     def outcome(db):
-        study, _ = search(space, tmp_path, cache_dir, n_trials=2, db=db)
+        study, _ = search(space, tmp_path, cache_dir, trials=2, db=db)
         return [(t.params, t.value, t.user_attrs["fold_f1"], t.user_attrs["best_epoch"]) for t in study.trials]
 
     first, second = outcome("a.db"), outcome("b.db")
@@ -263,7 +269,7 @@ def test_wilcoxon_reports_per_fold_and_stops_a_worse_trial_early(space_dict, dem
     url = f"sqlite:///{tmp_path / 's.db'}"
     queued = optuna.create_study(storage=url, study_name="tiny", direction="maximize")
     queued.enqueue_trial({"lr": 0.01})
-    study, _ = search(space, tmp_path, cache_dir, n_trials=1)  # no best trial yet: nothing to compare to
+    study, _ = search(space, tmp_path, cache_dir, trials=1)  # no best trial yet: nothing to compare to
 
     (first,) = study.trials
     assert first.state == TrialState.COMPLETE
@@ -278,7 +284,7 @@ def test_wilcoxon_reports_per_fold_and_stops_a_worse_trial_early(space_dict, dem
         value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0}, user_attrs={"fold_f1": [1.0, 1.0, 1.0]})
     study.add_trial(perfect)
     study.enqueue_trial({"lr": 1e-3})
-    study, _ = search(space, tmp_path, cache_dir, n_trials=3)
+    study, _ = search(space, tmp_path, cache_dir, trials=3)
 
     weak = study.trials[2]
     # After two folds worse than the best trial's, it stops. Optuna's advice for Wilcoxon is to
@@ -301,13 +307,13 @@ def test_class_folder_dataset_fixes_competition_only_params_with_a_note(space_di
             shutil.copy(image, root / label / f"{person.name}{image.suffix}")
     space = parse_space(space_dict(study={"data": str(root)},
                                    params={"age_old": [58, 60], "head": ["single", "multi"]}))
-    study, lines = search(space, tmp_path, cache_dir, n_trials=1)
+    study, lines = search(space, tmp_path, cache_dir, trials=1)
 
     assert "note: age_old is fixed to 60: it applies to the competition layout only" in lines
     assert "note: head is fixed to 'single': it applies to the competition layout only" in lines
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and trial.params == {}
-    stored = study.user_attrs[SPACE_ATTR]["params"]
+    stored = study.user_attrs[record.SPACE]["params"]
     assert (stored["age_old"], stored["head"]) == (60, "single")
     assert np.asarray(trial.user_attrs["confusion"]).shape == (3, 3)
 

@@ -6,20 +6,17 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score
 
 from maskopt.search.study.oof import (
     OFFSET_GRID,
     EnsembleSelection,
     LabelIssue,
-    _fast_f1,
-    _fast_f1_many,
     caruana_ensemble,
     find_label_issues,
     fit_class_offsets,
-    macro_f1,
     nested_offset_gain,
 )
+from maskopt.search.train import metrics
 
 K = 6
 
@@ -56,25 +53,9 @@ def specialists():
 # --- the metric -----------------------------------------------------------------------------
 
 
-def test_macro_f1_counts_every_class_and_takes_probs_or_labels():
-    y = np.array([0, 0, 1, 1])
-    pred = np.array([0, 0, 1, 0])
-    expected = f1_score(y, pred, average="macro", labels=[0, 1, 2], zero_division=0)
-    assert macro_f1(y, pred, n_classes=3) == pytest.approx(expected)
-    assert macro_f1(y, np.eye(3)[pred]) == pytest.approx(expected), "a class absent from both still counts 0"
-    assert macro_f1(y, pred) == pytest.approx(f1_score(y, pred, average="macro"))
-    with pytest.raises(ValueError, match="4 labels but 3"):
-        macro_f1(y, pred[:3])
-
-
-def test_fast_f1_matches_sklearn():
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        y = rng.integers(0, 5, 50)  # class 5 and often others never occur
-        preds = rng.integers(0, 7, (4, 50))
-        reference = [f1_score(y, p, average="macro", labels=range(7), zero_division=0) for p in preds]
-        assert _fast_f1_many(y, preds, 7) == pytest.approx(reference)
-        assert _fast_f1(y, preds[0], 7) == pytest.approx(reference[0])
+def macro_f1(y, probs) -> float:
+    """The score every OOF tool uses: maskopt's one macro F1, PRESENT policy (tested in test_metrics.py)."""
+    return metrics.macro_f1(y, probs, n_classes=K, classes=metrics.PRESENT)
 
 
 # --- ensemble selection ---------------------------------------------------------------------

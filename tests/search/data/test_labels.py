@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_trees import write_competition
 
 from maskopt.search.data import labels as L
 from maskopt.search.data.dataset import load_dataset
-from tiny_trees import write_competition
 
 # The competition's table, written out by hand rather than derived from the formula under test.
 EXPECTED_CLASS = {

@@ -11,17 +11,18 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import types
 
 import optuna
 import pytest
+from conftest import tiny_space_dict
 from optuna.trial import TrialState
 
+from maskopt.errors import SearchInterrupted
 from maskopt.search.space import parse_space
 from maskopt.search.study.interrupts import interrupts_stop_the_search, raise_if_interrupted
-from maskopt.search.study.runner import SearchInterrupted, run_search
+from maskopt.search.study.runner import run_search
 from maskopt.search.train import loop as training
-
-from conftest import tiny_space_dict
 
 
 class SignalOnCollection:
@@ -65,20 +66,21 @@ def test_a_swallowed_signal_is_raised_again_at_the_next_safe_point(signum, print
 
 def test_a_search_stops_when_the_signal_is_swallowed_mid_epoch(demo_data, cache_dir, tmp_path, monkeypatch,
                                                                printed):
-    scored = training.macro_f1
+    scored = training.metrics.macro_f1
 
-    def macro_f1_then_sigterm(y_true, y_pred):
+    def macro_f1_then_sigterm(y_true, predicted, **kwargs):
         del_me = SignalOnCollection(signal.SIGTERM)
         del del_me
-        return scored(y_true, y_pred)
+        return scored(y_true, predicted, **kwargs)
 
-    monkeypatch.setattr(training, "macro_f1", macro_f1_then_sigterm)
+    # Only the loop's epoch scoring sends the signal: it sees this namespace as its ``metrics``.
+    monkeypatch.setattr(training, "metrics", types.SimpleNamespace(macro_f1=macro_f1_then_sigterm))
     space = parse_space(tiny_space_dict(study={"name": "swallowed", "data": str(demo_data), "epochs": 3}))
     url = f"sqlite:///{tmp_path / 's.db'}"
     # Stopped after the first epoch of the first trial, whose checkpoint the rerun resumes from.
     with pytest.raises(SearchInterrupted, match="trial 0 resumes from its last epoch"):
-        run_search(space, n_trials=3, storage_url=url, device="cpu", cache_dir=cache_dir, threads=1,
-                   heartbeat_interval=None, progress=False, log=lambda line: None)
+        run_search(space, trials=3, storage=url, device="cpu", cache_dir=cache_dir, threads=1,
+                   heartbeat_interval=None, quiet=True)
     assert printed == []
     trials = optuna.load_study(study_name="swallowed", storage=url).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # queued again to resume

@@ -15,11 +15,11 @@ from PIL import Image
 from maskopt.cli import cli
 from maskopt.errors import DataError
 from maskopt.search.data import labels as L
-from maskopt.search.data.prepared import prepare_data
 from maskopt.search.data.dataset import detect_layout, load_dataset, load_eval
 from maskopt.search.data.demo import make_demo_data
+from maskopt.search.data.prepared import prepare_data
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_CORRECTIONS = ROOT / "corrections" / "mask-competition.csv"
 HEADER = "id,gender,race,age,path"
 

@@ -1,4 +1,4 @@
-"""Samplers, pruners, and the step scheme that lets pruning act inside and across folds.
+"""The sampler and pruner catalogue, and the step scheme that lets pruning act inside and across folds.
 
 Step scheme (``epoch`` reporting, used by every pruner but Wilcoxon): a trial with F folds of E
 epochs reports after every epoch, at step ``fold * E + epoch``, the mean over the folds started so
@@ -16,12 +16,15 @@ still learns from it; such trials are COMPLETE with ``pruned_after_folds`` set, 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import optuna
 
-if TYPE_CHECKING:  # only for annotations: the space module imports these registries
-    from maskopt.search.space import Component, StudySettings
+if TYPE_CHECKING:  # only for annotations: the schema module imports these registries
+    from maskopt.search.space.schema import Component, StudySettings
 
 # The names a space may give (study.sampler, study.pruner); the space refuses any other.
 SAMPLERS: dict[str, type] = {
@@ -73,6 +76,47 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
         return PRUNERS[settings.pruner.name](**{**defaults, **settings.pruner.kwargs()})
 
 
-def reports_per_fold(settings: StudySettings) -> bool:
-    """True for pruners that compare whole folds (Wilcoxon) instead of epochs."""
-    return settings.pruner.name == "wilcoxon"
+@dataclass(frozen=True)
+class PruningSteps:
+    """The step scheme above, for one study: which step each report goes to, and its value.
+
+    The objective reports through it, a resumed trial replays its inherited curve through it, and
+    the replay simulator reads recorded curves through it, so all three report the same steps.
+    """
+
+    folds: int
+    epochs: int
+    per_fold: bool  # Wilcoxon: one report per finished fold
+
+    @classmethod
+    def of(cls, settings: StudySettings) -> PruningSteps:
+        return cls(settings.folds, settings.epochs, settings.pruner.name == "wilcoxon")
+
+    @property
+    def last(self) -> int:
+        """The last step: pruning there would save nothing, only turn a finished trial into a pruned one."""
+        return self.folds - 1 if self.per_fold else self.folds * self.epochs - 1
+
+    def epoch_step(self, fold: int, epoch: int) -> int:
+        return fold * self.epochs + epoch
+
+    @staticmethod
+    def running_mean(finished_f1: Sequence[float], best_in_fold: float) -> float:
+        """The value reported after an epoch: the mean of the finished folds' best F1 and this fold's best so far."""
+        return float(np.mean([*finished_f1, best_in_fold]))
+
+    def curve(self, finished_f1: Sequence[float], histories: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+        """``(step, value)`` of every report a trial made, given each fold's per-epoch F1 history.
+
+        ``finished_f1`` holds the best F1 of each finished fold; ``histories`` the per-epoch F1
+        of every fold started (the finished ones and, last, a fold in progress).
+        """
+        if self.per_fold:
+            return [(fold, float(f1)) for fold, f1 in enumerate(finished_f1)]
+        reports = []
+        for fold, history in enumerate(histories):
+            best = 0.0
+            for epoch, f1 in enumerate(history):
+                best = max(best, f1)
+                reports.append((self.epoch_step(fold, epoch), self.running_mean(finished_f1[:fold], best)))
+        return reports

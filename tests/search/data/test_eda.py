@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from tiny_trees import write_competition
 
 from maskopt.cli import cli
 from maskopt.search.data import labels as L
 from maskopt.search.data.dataset import load_dataset
 from maskopt.search.data.demo import DemoDataSummary, make_demo_data
 from maskopt.search.data.eda import summarise_dataset, write_eda_files
-from tiny_trees import write_competition
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -24,13 +24,13 @@ from optuna.trial import TrialState
 
 from maskopt.cli import cli
 from maskopt.errors import ExportError, MaskoptError, StorageError
-from maskopt.search.export import EXPORT_ATTR, SUBMISSION_FILE
 from maskopt.search.data.labels import NUM_CLASSES
-from maskopt.search.report.html import write_report
-from maskopt.search.study.runner import SPACE_ATTR
+from maskopt.search.export import SUBMISSION_FILE
+from maskopt.search.report import report
 from maskopt.search.space import load_space
+from maskopt.search.study import record
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEMO_SPACE = ROOT / "spaces" / "tiny.yaml"
 PLOTLY_BANNER = "plotly.js v"  # the first line of the bundle: it must be inlined exactly once
 
@@ -59,7 +59,7 @@ def make_study(url: str, *, name: str = "demo", complete: int = 6, pruned: int =
     # then written to the file in one transaction (add_trial), which keeps SQLite fast.
     sampling = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study = optuna.create_study(storage=url, study_name=name, direction="maximize")
-    study.set_user_attr(SPACE_ATTR, stored)
+    study.set_user_attr(record.SPACE, stored)
     rng = np.random.default_rng(0)
     kinds = ["complete"] * complete + ["pruned"] * pruned + ["fail"] * failed + ["early"] * stopped_early
     rng.shuffle(kinds)
@@ -118,7 +118,7 @@ def full(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     url = sqlite_url(folder / "study.db")
     study = make_study(url, complete=8, pruned=5, failed=1, stopped_early=1)
-    out = write_report(storage_url=url, out=folder / "report.html")
+    out = report(storage=url, out=folder / "report.html")
     return study, out, out.read_text()
 
 
@@ -251,15 +251,15 @@ def test_export_section_scores_the_submission(tmp_path):
         with path.open("w", newline="") as f:
             csv.writer(f).writerows([("ImageID", "ans"), *((f"img{i}.jpg", a) for i, a in enumerate(answers))])
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    study.set_user_attr(EXPORT_ATTR, {"trial": best.number, "path": str(export), "cv_macro_f1": best.value,
-                                      "models": ["model.safetensors"], "tta": True})
-    page = write_report(storage_url=url, out=tmp_path / "r.html", solution=tmp_path / "solution.csv").read_text()
+    study.set_user_attr(record.EXPORT, record.ExportRecord(best.number, export, best.value, ("model.safetensors",),
+                                                           tta=True).to_attr())
+    page = report(storage=url, out=tmp_path / "r.html", solution=tmp_path / "solution.csv").read_text()
     text = section(page, "export")
     assert str(export) in text and "model.safetensors" in text and "flip" in text
     assert "score on solution macro F1" in text and "accuracy 0.7500" in text and "40 images" in text
 
     with pytest.raises(ExportError, match="solution file .*nope.csv does not exist"):
-        write_report(storage_url=url, out=tmp_path / "r2.html", solution=tmp_path / "nope.csv")
+        report(storage=url, out=tmp_path / "r2.html", solution=tmp_path / "nope.csv")
     assert not (tmp_path / "r2.html").exists()
 
 
@@ -305,7 +305,7 @@ def test_no_confusion_attr(sparse):
 def test_all_pruned_study(tmp_path):
     url = sqlite_url(tmp_path / "s.db")
     make_study(url, complete=0, pruned=4, failed=0)
-    page = write_report(storage_url=url, out=tmp_path / "r.html").read_text()
+    page = report(storage=url, out=tmp_path / "r.html").read_text()
     assert set(containers(page)) == {"intermediate"}, "only the intermediate values exist without a complete trial"
     for key in ("history", "importance", "parallel", "slice"):
         assert "every finished trial was pruned" in section(page, key)
@@ -317,7 +317,7 @@ def test_all_pruned_study(tmp_path):
 def test_other_class_count_shows_only_the_full_matrix(tmp_path):
     url = sqlite_url(tmp_path / "s.db")
     make_study(url, complete=2, pruned=0, failed=0, n_classes=4, layout="folders")
-    page = write_report(storage_url=url, out=tmp_path / "r.html").read_text()
+    page = report(storage=url, out=tmp_path / "r.html").read_text()
     text = section(page, "best")
     assert "All classes" in text and "class 3" in text
     assert "mask F1" not in text and "gender" not in text
@@ -326,7 +326,7 @@ def test_other_class_count_shows_only_the_full_matrix(tmp_path):
 def test_empty_study(tmp_path):
     url = sqlite_url(tmp_path / "s.db")
     optuna.create_study(storage=url, study_name="empty")
-    page = write_report(storage_url=url, out=tmp_path / "r.html").read_text()
+    page = report(storage=url, out=tmp_path / "r.html").read_text()
     assert containers(page) == {}
     assert "no maskopt search space stored" in text_of(page)
 
@@ -346,10 +346,10 @@ def test_cli_errors(tmp_path):
     assert result.exit_code == 1
     assert "No study 'b'" in result.output and "Studies there: a" in result.output
     with pytest.raises(StorageError, match="No study 'b'"):
-        write_report(storage_url=url, study_name="b", out=tmp_path / "r.html")
+        report(storage=url, study="b", out=tmp_path / "r.html")
     optuna.create_study(storage=url, study_name="two", directions=["maximize", "minimize"])
     with pytest.raises(MaskoptError, match="study 'two' has 2 objectives"):
-        write_report(storage_url=url, study_name="two", out=tmp_path / "r.html")
+        report(storage=url, study="two", out=tmp_path / "r.html")
 
 
 # --- in a browser -------------------------------------------------------------------------------
@@ -405,15 +405,15 @@ def real_study(tmp_path_factory, demo_data, cache_dir, space_dict):
     space.write_text(yaml.safe_dump(space_dict(params={"lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
                                                        "loss": ["ce", "label_smoothing"]})))
     url = sqlite_url(folder / "study.db")
-    run_search(load_space(space), n_trials=3, storage_url=url, data=demo_data, device="cpu", cache_dir=cache_dir,
-               threads=1, heartbeat_interval=None, progress=False, log=lambda _: None)
+    run_search(load_space(space), trials=3, storage=url, data=demo_data, device="cpu", cache_dir=cache_dir,
+               threads=1, heartbeat_interval=None, quiet=True)
     return url
 
 
 def test_report_of_a_real_search(real_study, demo_data, tmp_path):
     from maskopt.search.data.dataset import load_dataset
 
-    out = write_report(storage_url=real_study, out=tmp_path / "real.html")
+    out = report(storage=real_study, out=tmp_path / "real.html")
     page = out.read_text()
     text = text_of(page)
     assert re.search(r"Trials 3\b", text) and "3 complete" in text

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import logged_lines
 
 import maskopt
 
@@ -29,19 +30,19 @@ def test_search_then_export_from_python(tmp_path, monkeypatch, space_dict):
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space_dict(study={"name": "api", "epochs": 1}), sort_keys=False))
     space = maskopt.load_space(path)
-    lines = []
-    result = maskopt.search(space, n_trials=2, data="data", progress=False, log=lines.append)
+    with logged_lines() as lines:
+        result = maskopt.search(space, trials=2, data="data", quiet=True)
     assert result.counted_trials == 2 and result.reached_total
     assert result.export is not None and (result.export.out / "submission.csv").is_file()
     assert result.export.out.resolve() == tmp_path / "exports" / "api"
-    assert any(line.startswith("trial ") for line in lines)  # one line per trial through log
+    assert any(line.startswith("trial ") for line in lines)  # one line per trial, logged
     assert f"retraining trial {result.best.number} on all data and exporting it" in lines
 
     # Rerunning continues the same study: nothing new to run, and no export without asking.
-    again = maskopt.search(path, n_trials=2, data="data", progress=False, export=False, log=lines.append)
+    again = maskopt.search(path, trials=2, data="data", quiet=True, export=False)
     assert again.counted_trials == 2 and again.export is None
 
-    exported = maskopt.export_best(storage_url=None, study_name="api", out="exports/again", progress=False)
+    exported = maskopt.export_best(study="api", out="exports/again", quiet=True)
     assert exported.trial_number == result.best.number
 
 
@@ -51,11 +52,11 @@ def test_library_errors_are_maskopt_errors(tmp_path):
 
 
 def test_library_errors_name_arguments_and_the_cli_shows_its_options(tmp_path):
-    """The library names what to change by its Python argument; the CLI turns it into the option."""
+    """The library names what to change by its argument, whose name is the option's; the CLI shows the option."""
     with pytest.raises(maskopt.StorageError) as raised:
-        maskopt.export_best(storage_url=f"sqlite:///{tmp_path / 'none.db'}")
+        maskopt.export_best(storage=f"sqlite:///{tmp_path / 'none.db'}")
     message = str(raised.value)
-    assert "`storage_url`" in message and "--storage" not in message
+    assert "`storage`" in message and "--storage" not in message
 
     from click.testing import CliRunner
 
@@ -63,4 +64,30 @@ def test_library_errors_name_arguments_and_the_cli_shows_its_options(tmp_path):
 
     result = CliRunner().invoke(cli, ["export-best", "--storage", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 1
-    assert "--storage" in result.output and "`storage_url`" not in result.output
+    assert "--storage" in result.output and "`storage`" not in result.output
+
+
+# Each command and the function of the same name on `maskopt`; options only the command line has
+# (an output format, the negative spelling of a library flag) are named with what they set.
+FACES = {"search": "search", "export-best": "export_best", "predict": "predict", "score": "score",
+         "studies": "studies", "dashboard": "dashboard", "report": "report", "label-issues": "label_issues",
+         "eda": "eda", "make-demo-data": "make_demo_data", "weights import": "import_weights"}
+CLI_ONLY = {"as_json": "prints JSON", "no_checkpoints": "checkpoints=False", "no_export": "export=False"}
+
+
+@pytest.mark.parametrize("command", list(FACES))
+def test_every_command_is_a_function_with_the_same_names(command):
+    import inspect
+
+    from maskopt.cli import cli
+
+    group, _, sub = command.partition(" ")
+    click_command = cli.get_command(None, group)
+    if sub:
+        click_command = click_command.commands[sub]
+    from maskopt import api
+
+    function = getattr(api, FACES[command])  # maskopt.search is the same function, as a callable package
+    accepted = set(inspect.signature(function).parameters)
+    options = {p.name for p in click_command.params} - set(CLI_ONLY)
+    assert options <= accepted, f"{command}: options without a library argument of the same name"

@@ -127,6 +127,82 @@ def test_the_hand_made_export_predicts(export, demo_data, cache_dir, tmp_path):
     assert (tmp_path / "p.csv").read_text().startswith("ImageID,ans\n")
 
 
+# Every key export-best writes, in its order, as exports made before config.py was written hold them.
+TODAYS_CONFIG = {
+    "format": "maskopt-export/1", "backbone": BACKBONE, "head": "multi", "num_classes": 18,
+    "class_names": list(L.class_names()), "layout": "competition", "image_size": 32,
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "age_old_training": 58, "age_old_official": 60,
+    "models": ["model.safetensors"], "study": "demo", "trial": 3,
+    "params": {"backbone": BACKBONE, "lr": 0.0031, "weight_decay": 0.01, "batch_size": 16, "freeze_depth": 0,
+               "sampler": "uniform", "aug_strength": 0.0, "loss": "ce", "optimizer": "adamw", "image_size": 32,
+               "age_old": 58, "head": "multi"},
+    "cv_macro_f1": 0.5123, "fold_macro_f1": [0.5, 0.5246], "epochs": 4, "dataset_fingerprint": "a1b2c3d4e5f60718",
+    "versions": {"maskopt": "0.1.0", "timm": "1.0.9", "torch": "2.4.1", "optuna": "4.0.0"}, "tta": True,
+    "class_offsets": [0.0] * 17 + [0.35],
+    "calibration": {"offsets": [0.0] * 17 + [0.35], "oof_macro_f1": 0.51, "nested_oof_macro_f1": 0.52},
+}
+
+
+def test_an_export_in_todays_format_loads_round_trips_and_predicts(good_export, demo_data, cache_dir, tmp_path):
+    from maskopt.search.export import ExportConfig, read_export_config
+
+    folder = Path(shutil.copytree(good_export, tmp_path / "old"))
+    text = json.dumps(TODAYS_CONFIG, indent=2) + "\n"  # how export-best has always written it
+    (folder / "config.json").write_text(text)
+    config = read_export_config(folder)
+    assert isinstance(config, ExportConfig) and config == ExportConfig.from_json(folder)
+    assert (config.image_size, config.age_old_training, config.trial, config.epochs) == (32, 58, 3, 4)
+    assert config.models == ("model.safetensors",) and config.tta is True and config.class_offsets[17] == 0.35
+    assert config.to_dict() == TODAYS_CONFIG and list(config.to_dict()) == list(TODAYS_CONFIG)
+    config.to_json(tmp_path)
+    assert (tmp_path / "config.json").read_text() == text
+    result = predict(folder, demo_data, cache_dir, tmp_path)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (tmp_path / "p.csv").read_text().startswith("ImageID,ans\n")
+
+
+def test_an_ensemble_in_todays_format_loads_round_trips_and_predicts(good_export, demo_data, cache_dir, tmp_path):
+    from maskopt.search.export import EnsembleConfig, MemberRef, read_export_config
+
+    folder = tmp_path / "ensemble"
+    folder.mkdir()
+    member = {k: v for k, v in TODAYS_CONFIG.items() if k not in ("class_offsets", "calibration")}
+    for trial in (3, 5):
+        shutil.copytree(good_export, folder / f"member-trial-{trial}")
+        (folder / f"member-trial-{trial}" / "config.json").write_text(
+            json.dumps({**member, "trial": trial, "epochs": [3, 4]}, indent=2) + "\n")  # --ensemble-folds: a list
+    ensemble = {
+        "format": "maskopt-export/1", "num_classes": 18, "class_names": list(L.class_names()), "layout": "competition",
+        "members": [{"folder": "member-trial-3", "weight": 0.6666666666666666, "trial": 3},
+                    {"folder": "member-trial-5", "weight": 0.3333333333333333, "trial": 5}],
+        "study": "demo", "trial": 3, "cv_macro_f1": 0.5123,
+        "ensemble": {"trials": [3, 5], "weights": [0.6666666666666666, 0.3333333333333333], "oof_macro_f1": 0.55,
+                     "best_single_oof_macro_f1": 0.53},
+        "dataset_fingerprint": "a1b2c3d4e5f60718", "versions": TODAYS_CONFIG["versions"], "tta": False,
+        "class_offsets": TODAYS_CONFIG["class_offsets"], "calibration": TODAYS_CONFIG["calibration"],
+    }
+    text = json.dumps(ensemble, indent=2) + "\n"
+    (folder / "config.json").write_text(text)
+    config = read_export_config(folder)
+    assert isinstance(config, EnsembleConfig) and config == EnsembleConfig.from_json(folder)
+    assert config.members == (MemberRef("member-trial-3", 0.6666666666666666, 3),
+                              MemberRef("member-trial-5", 0.3333333333333333, 5))
+    assert read_export_config(folder / "member-trial-5").epochs == (3, 4)
+    assert config.to_dict() == ensemble
+    config.to_json(tmp_path)
+    assert (tmp_path / "config.json").read_text() == text
+    result = predict(folder, demo_data, cache_dir, tmp_path)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_one_kind_of_config_is_not_read_as_the_other(good_export):
+    from maskopt.errors import ExportError
+    from maskopt.search.export import EnsembleConfig
+
+    with pytest.raises(ExportError, match="key 'members' must be a list of 1..64 objects .*; it is missing"):
+        EnsembleConfig.from_json(good_export)
+
+
 def changed(**changes):
     """A change to config.json: keys set (None: removed)."""
 
@@ -177,6 +253,11 @@ CONFIG_CASES = {
     "models-pickle": (changed(models=["model.pth"]), "key 'models': 'model.pth' is not a .safetensors file"),
     "models-missing": (changed(models=["fold0.safetensors"]), "key 'models': 'fold0.safetensors': no such file in"),
     "models-null": (changed(models=[None]), "key 'models' must be a list of 1..64 weights file names; got [None]"),
+    # Keys that say where the model came from: optional, but of their type when present.
+    "trial-str": (changed(trial="3"), "key 'trial' must be an integer; got '3'"),
+    "study-int": (changed(study=7), "key 'study' must be a string; got 7"),
+    "epochs-str": (changed(epochs=["4"]), "key 'epochs' must be an integer, or a list of integers (one per fold)"),
+    "params-list": (changed(params=[1]), "key 'params' must be a JSON object; got [1]"),
 }
 
 

@@ -25,7 +25,7 @@ from maskopt.search.space import (
     parse_space,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def space_error(write_space, raw) -> str:

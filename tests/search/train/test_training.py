@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from maskopt.search.space import parse_space
 from maskopt.search.train import loop as training
 from maskopt.search.train.augment import BatchAugment
-from maskopt.search.space import parse_space
-from maskopt.search.train.loop import BatchBuffers, TrainConfig, TrainingData, fast_path, prepare_batch, train_fold
+from maskopt.search.train.loop import BatchBuffers, TrainingData, fast_path, prepare_batch, train_fold
 
 CPU = torch.device("cpu")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -56,7 +56,7 @@ def test_training_with_reused_buffers_equals_training_with_fresh_batches(monkeyp
     data = TrainingData(images, np.arange(26), labels[:26], np.arange(26, 36), labels[26:])
 
     def train():
-        result, model = train_fold(params, data, config=TrainConfig.of(settings), num_classes=18, device=CPU, seed=3)
+        result, model = train_fold(params, data, config=settings.train_config(), num_classes=18, device=CPU, seed=3)
         return result.f1_history, [p.detach().clone() for p in model.parameters()]
 
     reused_history, reused_weights = train()

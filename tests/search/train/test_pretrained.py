@@ -33,7 +33,7 @@ from maskopt.search.data.dataset import load_dataset
 
 pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LITE0 = "tf_efficientnet_lite0"
 PER_CLASS = 12
 PRETRAINED_MIN_F1 = 0.45  # measured 0.595..0.638 over four seeds

@@ -65,17 +65,16 @@ def test_no_stored_oof_is_a_clear_error(main_study, tmp_path):
 def noisy(tmp_path_factory, cache_dir, space_dict):
     """One 2-fold trial on 20 persons at 32 px, 6 of them with a flipped label."""
     from maskopt.search.data.demo import make_demo_data
-    from maskopt.search.study.runner import run_search
     from maskopt.search.space import parse_space
+    from maskopt.search.study.runner import run_search
 
     root = tmp_path_factory.mktemp("noisy")
     data = root / "noisy-data"
     make_demo_data(data, persons=20, eval_persons=2, size=32, seed=0, label_noise=0.3)
     url = f"sqlite:///{root / 'noisy.db'}"
     space = parse_space(space_dict(study={"name": "noisy", "data": str(data), "epochs": 4}, params={"head": "multi"}))
-    run_search(space, n_trials=1, storage_url=url, device="cpu", cache_dir=cache_dir, threads=1,
-               heartbeat_interval=None, progress=False, log=lambda _: None, artifact_dir=root / "artifacts",
-               checkpoints=False)
+    run_search(space, trials=1, storage=url, device="cpu", cache_dir=cache_dir, threads=1,
+               heartbeat_interval=None, quiet=True, artifacts=root / "artifacts", checkpoints=False)
     return root, data, url
 
 
@@ -98,6 +97,22 @@ def test_noisy_data_drafts_a_valid_corrections_file(noisy, tmp_path):
     for s in found["suggestions"]:
         assert s["person"] in persons and s["kind"] in ("gender", "swap_incorrect_normal", "age", "mask")
         assert s["fix"] in (None, "male", "female", "swap_incorrect_normal")
+
+
+def test_the_library_takes_the_command_names(noisy, tmp_path):
+    """``label_issues`` of the Python face: the options of ``maskopt label-issues``, by the same names."""
+    from maskopt.errors import LabelIssuesError
+    from maskopt.search.report import label_issues
+
+    root, data, url = noisy
+    out = tmp_path / "draft.csv"
+    found = label_issues(storage=url, artifacts=root / "artifacts", limit=2, write_corrections=out)
+    assert found.study_name == "noisy" and found.data == data and len(found.issues) <= 2
+    assert out.read_text().splitlines()[0] == "id,fix"
+    with pytest.raises(LabelIssuesError, match="already exists and was left as it is; pass `force`"):
+        label_issues(storage=url, artifacts=root / "artifacts", write_corrections=out)
+    again = label_issues(storage=url, artifacts=root / "artifacts", limit=2, write_corrections=out, force=True)
+    assert again == found
 
 
 def test_an_existing_corrections_file_is_kept_without_force(noisy, tmp_path):

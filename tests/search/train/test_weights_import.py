@@ -123,7 +123,7 @@ def test_same_import_again_is_unchanged_and_other_weights_need_force(lite0_impor
     assert path.read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == [f"{LITE0}.safetensors"]
 
-    forced = import_weights(tmp_path / "other.pth", LITE0, tmp_path / "forced", force=True)
+    forced = import_weights(tmp_path / "other.pth", backbone=LITE0, out=tmp_path / "forced", force=True)
     assert forced.layout == "efficientnet_pytorch" and forced.num_classes == 1000 and not forced.unchanged
 
 
@@ -176,7 +176,7 @@ def test_missing_or_unreadable_source_is_a_clear_error(tmp_path):
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(MaskoptError, match=r"cannot read checkpoint .*junk\.pth \(Unsupported operand 110\); "
                                            r"expected a complete torch\.save or \.safetensors file$"):
-        import_weights(tmp_path / "junk.pth", LITE0, tmp_path / "w")
+        import_weights(tmp_path / "junk.pth", backbone=LITE0, out=tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
 
@@ -186,7 +186,7 @@ def test_torchvision_resnet18_has_timm_names_and_maps_by_name(tmp_path):
     source = torchvision.models.resnet18(weights=None).state_dict()
     assert list(source) == list(timm.create_model("resnet18", pretrained=False).state_dict())
     torch.save(source, tmp_path / "resnet18.pth")
-    result = import_weights(tmp_path / "resnet18.pth", "resnet18", tmp_path / "w")
+    result = import_weights(tmp_path / "resnet18.pth", backbone="resnet18", out=tmp_path / "w")
     assert (result.path, result.layout, result.num_tensors, result.num_classes) == (
         tmp_path / "w" / "resnet18.safetensors", "timm", 122, 1000)
     written = safetensors.torch.load_file(result.path)
@@ -199,7 +199,7 @@ def test_torchvision_mobilenet_v2_maps_by_position_onto_timm(tmp_path):
     tv = torchvision.models.mobilenet_v2(weights=None).eval()
     source = tv.state_dict()
     torch.save({"state_dict": source, "epoch": 3}, tmp_path / "checkpoint.pth")  # a training checkpoint
-    result = import_weights(tmp_path / "checkpoint.pth", "mobilenetv2_100", tmp_path / "w")
+    result = import_weights(tmp_path / "checkpoint.pth", backbone="mobilenetv2_100", out=tmp_path / "w")
     assert (result.layout, result.wrapper, result.num_tensors) == ("torchvision", "state_dict", 314)
     written = safetensors.torch.load_file(result.path)
     model = timm.create_model("mobilenetv2_100", pretrained=False)
@@ -218,7 +218,7 @@ def test_safetensors_source_maps_by_name_only(tmp_path):
     torch.manual_seed(0)
     timm_state = timm.create_model("mobilenetv2_100", pretrained=False).state_dict()
     safetensors.torch.save_file(timm_state, tmp_path / "timm.safetensors")
-    result = import_weights(tmp_path / "timm.safetensors", "mobilenetv2_100", tmp_path / "w")
+    result = import_weights(tmp_path / "timm.safetensors", backbone="mobilenetv2_100", out=tmp_path / "w")
     assert (result.layout, result.wrapper, result.num_tensors) == ("timm", None, 314)
     written = safetensors.torch.load_file(result.path)
     assert all(torch.equal(written[k], v) for k, v in timm_state.items() if not k.endswith("num_batches_tracked"))
@@ -226,7 +226,7 @@ def test_safetensors_source_maps_by_name_only(tmp_path):
     safetensors.torch.save_file(torchvision.models.mobilenet_v2(weights=None).state_dict(), tmp_path / "tv.safetensors")
     with pytest.raises(MaskoptError, match=r"\(torchvision layout\) does not use timm's key names .* a \.safetensors "
                                            r"file does not keep the order of its tensors"):
-        import_weights(tmp_path / "tv.safetensors", "mobilenetv2_100", tmp_path / "w2")
+        import_weights(tmp_path / "tv.safetensors", backbone="mobilenetv2_100", out=tmp_path / "w2")
     assert not (tmp_path / "w2").exists()
 
 
@@ -234,5 +234,5 @@ def test_efficientnet_pytorch_file_without_num_batches_tracked_gives_the_same_fi
                                                                                     tmp_path):
     out, _ = lite0_import
     torch.save({k: v for k, v in lite0_state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "no_nbt.pth")
-    result = import_weights(tmp_path / "no_nbt.pth", LITE0, out)
+    result = import_weights(tmp_path / "no_nbt.pth", backbone=LITE0, out=out)
     assert result.unchanged and result.num_tensors == 296

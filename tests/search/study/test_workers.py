@@ -12,7 +12,14 @@ import time
 import pytest
 from optuna.trial import TrialState
 from worker_processes import (
-    finish, finished_and_running, kill, load, make_tiny_data, scored_an_epoch, start_worker, wait_for_running_trial,
+    finish,
+    finished_and_running,
+    kill,
+    load,
+    make_tiny_data,
+    scored_an_epoch,
+    start_worker,
+    wait_for_running_trial,
     write_space,
 )
 

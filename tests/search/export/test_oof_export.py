@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 
 from maskopt.cli import cli
 from maskopt.search.data.dataset import load_dataset
-from maskopt.search.study.oof import OOF_ATTR, load_oof, macro_f1
+from maskopt.search.study.oof import load_oof
+from maskopt.search.study.record import StudyRecord, TrialRecord
+from maskopt.search.train.metrics import PRESENT, macro_f1
 
 
 def run(*args: str, cwd=None):
@@ -37,8 +39,8 @@ def complete_trials(main_study):
 def test_every_complete_trial_stores_its_out_of_fold_probabilities(main_study, complete_trials):
     dataset = load_dataset(main_study.data)
     assert len(complete_trials) == 2
-    for trial in complete_trials:
-        assert OOF_ATTR in trial.user_attrs
+    for trial in map(TrialRecord.of, complete_trials):
+        assert trial.oof_artifact is not None
         oof = load_oof(trial, main_study.root / "maskopt-artifacts")
         assert oof.probs.shape == (len(dataset), 18)
         assert np.allclose(oof.probs.sum(1), 1, atol=0.02)  # probabilities, kept as float16
@@ -46,11 +48,10 @@ def test_every_complete_trial_stores_its_out_of_fold_probabilities(main_study, c
         assert sorted(np.unique(oof.folds)) == [0, 1]  # each image predicted by its one held-out fold
         assert oof.dataset == dataset.fingerprint()
         # The stored probabilities are those the trial was scored on: its confusion matrix agrees.
-        confusion = np.asarray(trial.user_attrs["confusion"])
+        confusion = np.asarray(trial.confusion)
         assert confusion.trace() == pytest.approx(int((oof.probs.argmax(1) == oof.labels).sum()), abs=2)
-    pruned = [t for t in optuna.load_study(study_name="main", storage=main_study.url).get_trials()
-              if t.state == TrialState.PRUNED]
-    assert pruned and all(OOF_ATTR not in t.user_attrs for t in pruned)  # nothing stored for a stopped trial
+    pruned = StudyRecord.open(main_study.url, "main").trials((TrialState.PRUNED,))
+    assert pruned and all(t.oof_artifact is None for t in pruned)  # nothing stored for a stopped trial
 
 
 def test_export_an_ensemble_with_offsets_and_predict_with_it(main_study, complete_trials, tmp_path):
@@ -74,6 +75,9 @@ def test_export_an_ensemble_with_offsets_and_predict_with_it(main_study, complet
         assert ensemble["oof_macro_f1"] > ensemble["best_single_oof_macro_f1"]
     else:
         assert "models" in config
+    from maskopt.search.export import read_export_config
+
+    assert read_export_config(out).to_dict() == config  # offsets and calibration read back typed
 
     again = tmp_path / "again.csv"
     result = run("predict", "--model", str(out), "--data", str(main_study.data), "--out", str(again),
@@ -125,6 +129,7 @@ def test_an_ensemble_of_identical_members_predicts_as_one(main_study, tmp_path):
     ({"folder": "m0", "weight": -1}, "'weight' must be a number above 0"),
     ({"folder": "m0", "weight": True}, "'weight' must be a number above 0"),
     ({"folder": "missing", "weight": 1.0}, "not a maskopt export"),
+    ({"folder": "m0", "weight": 1.0, "trial": "3"}, "'trial' must be a trial number, got '3'"),
 ])
 def test_predict_refuses_a_hostile_ensemble(main_study, tmp_path, member, message):
     folder = ensemble_of_copies(main_study, tmp_path / "bad", [1.0])
@@ -153,7 +158,8 @@ def test_pooled_oof_f1_of_the_best_trial_is_reported_honestly(main_study, comple
 
     members, weights, report = _select_ensemble([best], [oof], 1, 18)
     assert members == [best] and weights == [1.0]
-    assert report.best_single_oof_macro_f1 == pytest.approx(macro_f1(oof.labels, oof.probs, n_classes=18))
+    expected = macro_f1(oof.labels, oof.probs, n_classes=18, classes=PRESENT)  # as the search scored the folds
+    assert report.best_single_oof_macro_f1 == pytest.approx(expected)
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +209,18 @@ def test_a_two_member_ensemble_is_exported_recorded_and_predicted(main_study, co
     assert [m["weight"] for m in config["members"]] == [0.5, 0.5]
     assert config["ensemble"]["oof_macro_f1"] > config["ensemble"]["best_single_oof_macro_f1"]
     assert "ensemble of trials (weights): " in result.output and result.output.count("(0.50)") == 2
-    recorded = optuna.load_study(study_name="two", storage=url).user_attrs["maskopt_export"]
-    assert sorted(recorded["models"]) == ["member-trial-0/model.safetensors", "member-trial-1/model.safetensors"]
+    recorded = StudyRecord.open(url, "two").export
+    assert sorted(recorded.models) == ["member-trial-0/model.safetensors", "member-trial-1/model.safetensors"]
+    assert recorded.path == out.resolve() and recorded.tta is False
+    from maskopt.search.export import EnsembleConfig, ExportConfig
+
+    typed = EnsembleConfig.from_json(out)  # what export-best wrote reads back typed, and writes the same bytes
+    assert typed.to_dict() == config and [m.trial for m in typed.members] == [m["trial"] for m in config["members"]]
+    typed.to_json(tmp_path)
+    assert (tmp_path / "config.json").read_text() == (out / "config.json").read_text()
+    for m in typed.members:
+        member = ExportConfig.from_json(out / m.folder)
+        assert member.trial == m.trial and member.to_dict() == json.loads((out / m.folder / "config.json").read_text())
     again = tmp_path / "again.csv"
     result = run("predict", "--model", str(out), "--data", str(main_study.data), "--out", str(again),
                  "--device", "cpu", "--quiet")
