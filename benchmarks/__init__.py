@@ -47,6 +47,9 @@ class Config:
         dry_run: The GPU benchmark's tiny CPU smoke run.
         budget: The search benchmark's seconds per side, instead of its default for the mode.
         results: The reports of the benchmarks already run in this invocation, by name.
+        dataset: The curves and replay benchmarks' dataset (``fashion`` or ``demo``); None: both.
+        seeds: The replay benchmark's seeds per combination; None: its default.
+        command: The command line of this invocation, for results that record it.
     """
 
     quick: bool = False
@@ -58,6 +61,9 @@ class Config:
     dry_run: bool = False
     budget: float | None = None
     results: dict = field(default_factory=dict)
+    dataset: str | None = None
+    seeds: int | None = None
+    command: str = ""
 
     def log(self, text: str) -> None:
         print(f"  {text}", flush=True)

@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick] [--threads N]``: run benchmarks, print, save JSON.
 
 Names: loop, data, pruning, search, storage, memory (the default set, in that order); gpu (see
-benchmarks/gpu.sh), labels, resume, pretrained and channels_last run only when named. Results go to
+benchmarks/gpu.sh), labels, resume, pretrained, channels_last, onnx, curves and replay run only when named. Results go to
 benchmarks/results/<name>.json.
 """
 
@@ -31,6 +31,9 @@ MODULES = {
     "resume": "resume",
     "pretrained": "pretrained",
     "channels_last": "memory_format",
+    "onnx": "onnx_latency",
+    "curves": "curves",
+    "replay": "replay",
 }
 DEFAULT = ("loop", "data", "pruning", "search", "storage", "memory")
 ALIASES = {module: name for name, module in MODULES.items()}
@@ -49,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="search benchmark: wall-clock budget of each side (default 25 quick, 480 full, 100 on cuda)")
     parser.add_argument("--dry-run", action="store_true", help="gpu benchmark: a tiny CPU smoke run of its code path")
+    parser.add_argument("--dataset", choices=("fashion", "demo"),
+                        help="curves and replay benchmarks: this dataset only (default: both)")
+    parser.add_argument("--seeds", type=int, metavar="N", help="replay benchmark: seeds per combination (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=B.RESULTS_DIR, metavar="DIR",
                         help="where the JSON results go (default: benchmarks/results)")
@@ -69,9 +75,10 @@ def main(argv=None) -> int:
     B.setup_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="maskopt-bench-"))
     cfg = B.Config(quick=args.quick, threads=args.threads, workdir=workdir, seed=args.seed, verbose=args.verbose,
-                   device=args.device, dry_run=args.dry_run, budget=args.budget)
+                   device=args.device, dry_run=args.dry_run, budget=args.budget, dataset=args.dataset, seeds=args.seeds)
     B.show_search_lines(args.verbose)
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    cfg.command = command
     info = B.machine_info()
     print(f"maskopt benchmarks ({'quick' if args.quick else 'full'}): {', '.join(names)}")
     print(f"machine: {info.get('usable_cores')} cores, {info.get('cpu_model', '?')}, {info.get('memory_gib', '?')} GiB, "

@@ -1,98 +1,84 @@
-"""GPU path: training images per second and peak GPU memory per backbone of spaces/full.yaml.
+"""GPU: a real trial against a timm-style loop, trials per hour with K workers per GPU, the shared cache.
 
-For each backbone of spaces/full.yaml, at 224 px and each batch size given, maskopt's own
-``train_fold`` trains one epoch on random uint8 images held on the GPU, with full.yaml's GPU
-settings (bf16 autocast, channels-last, no torch.compile) and random initial weights (no
-download; HF_HUB_OFFLINE=1). A short call first warms up cuDNN's autotuner, then the timed call
-reports ``images_per_second`` (training steps only, synchronised) and
-``torch.cuda.max_memory_allocated``. Inference (``predict_rows``, bf16) is timed too.
+One run of ``benchmarks/gpu.sh OUT`` on one GPU machine, time-boxed part by part to stay under 8
+minutes on an H200 (what does not fit is left out with a note); random initial weights, nothing
+downloaded (HF_HUB_OFFLINE=1).
 
-Run on a GPU machine with ``benchmarks/gpu.sh`` (or ``python -m benchmarks gpu --device cuda``);
-about 4 minutes on an H200. Without a GPU it says so and stops, unless ``--dry-run``: then it runs
-the same code on the CPU with 2 images per batch and 1 step, to check the path end to end.
+A. Training throughput, for two backbones of spaces/full.yaml at 224 px and batch 64 and 128.
+   maskopt: a real trial (``run_search`` of a study of one configuration, 2 folds) on real files:
+   demo persons in the competition layout whose photos are re-encoded at 384x512 (JPEG, quality 90,
+   mild noise so they compress like photographs), decoded once into the cache, held on the GPU,
+   batches gathered and augmented there (aug_strength 0.3), bf16 autocast, channels-last. The
+   study runs the configuration twice (same seeds): the first pays cuDNN's autotuning, the second
+   is compared. Its figure is ``train_fold``'s training images per second, validation left out.
+   The other side is timm-style: the train loop of timm's ``benchmark.py --bench train --amp
+   --channels-last``, written out here (that script ships in timm's repository, not its wheel,
+   and nothing is fetched or vendored): one random batch made once on the GPU, forward,
+   cross-entropy, backward, optimiser step, no data path at all; AdamW and bf16 as in maskopt's
+   trials (benchmark.py defaults to SGD and fp16). Target: maskopt >= 0.90 x the loop. Then the
+   worth of bf16 and of channels-last: the same trials with each off.
+B. Study throughput: the same enqueued configurations run by ``run_workers`` with K = 1, 2, 4
+   workers per GPU (K x GPUs workers), at demo size (spaces/demo.yaml, from scratch, on 400 demo
+   persons at 80 px) and at full.yaml size (its space from scratch at 224 px on the files of A,
+   2 folds x 1 epoch). Trials per hour from the first trial's start to the last one's end, and the
+   wall time with the workers' start-up. Target at demo size: K = 2 >= 1.4 x K = 1, with the same
+   score for each configuration (its seeds come from the configuration, not the trial number).
+C. Host memory of two worker processes holding the decoded images of A on the CPU
+   (``PreparedData.images``, the cache file's memory map) against the private copy each made
+   before: resident (RSS) and proportional (PSS) set sizes they add.
+
+``--dry-run`` runs every part on the CPU with a few tiny images, K = 1 and 2 (without a GPU,
+``workers_per_gpu`` is ignored), to check the code end to end.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
 import benchmarks as B
 
 NAME = "gpu"
-TITLE = "GPU: images/s and peak GPU memory per backbone of spaces/full.yaml at 224 px"
-IMAGE_SIZE = 224
+TITLE = "GPU: a maskopt trial vs a timm-style loop, trials per hour with K workers per GPU, shared image cache"
+BACKBONES = ("resnet50", "efficientnet_b3")  # two of spaces/full.yaml: a plain CNN and a depthwise one
+LOOP_LR = 3e-4
 
 
-def full_space_backbones() -> list[str]:
-    from maskopt.search.space import discrete_values, load_space
+@dataclass(frozen=True)
+class Sizes:
+    persons: int  # persons of 384x512 photos (7 each) for A, B at full size and C
+    image_size: int  # A and B at full size
+    batches: tuple[int, ...]
+    epochs: int  # A's trials: epochs per fold (2 folds)
+    loop_steps: int  # timm-style loop: timed steps, after the warm-up steps
+    loop_warmup: int
+    demo_persons: int  # B at demo size
+    demo_trials: int
+    full_trials: int
+    ks: tuple[int, ...]  # workers per GPU
+    budgets: tuple[tuple[str, float], ...]  # seconds per part
 
-    return list(discrete_values(load_space(B.ROOT / "spaces" / "full.yaml", check_names=False).dims["backbone"]))
+
+GPU = Sizes(persons=400, image_size=224, batches=(64, 128), epochs=2, loop_steps=30, loop_warmup=5, demo_persons=400,
+            demo_trials=8, full_trials=4, ks=(1, 2, 4),
+            budgets=(("A", 170.0), ("B demo", 120.0), ("B full", 110.0), ("C", 40.0)))
+DRY = Sizes(persons=10, image_size=32, batches=(4, 8), epochs=1, loop_steps=2, loop_warmup=1, demo_persons=10,
+            demo_trials=2, full_trials=2, ks=(1, 2),
+            budgets=(("A", 240.0), ("B demo", 240.0), ("B full", 240.0), ("C", 120.0)))
 
 
-def measure(backbone: str, *, device, batch: int, steps: int, warmup_steps: int, seed: int = 0, amp: bool = True,
-            channels_last: bool = True) -> dict:
-    import numpy as np
-    import torch
+class Clock:
+    """A part's time box."""
 
-    from maskopt.search.space import StudySettings
-    from maskopt.search.train.loop import (
-        TrainingData,
-        autocast_dtype,
-        fast_path,
-        normalisation,
-        predict_rows,
-        train_fold,
-    )
-    from maskopt.search.train.models import count_parameters
-    from maskopt.search.train.params import TrialParams
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
 
-    on_cuda = device.type == "cuda"
-    config = StudySettings(epochs=1, warmup_epochs=0.0, amp=amp, channels_last=channels_last,
-                           compile=False).train_config()
-    params = TrialParams(backbone=backbone, lr=1e-4, weight_decay=0.05, batch_size=batch, freeze_depth=0,
-                         sampler="uniform", aug_strength=0.0, loss="ce", optimizer="adamw", image_size=IMAGE_SIZE,
-                         age_old=60, head="single")
-    n = batch * steps
-    generator = torch.Generator(device=device).manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, device=device, generator=generator)
-    labels = np.random.default_rng(seed).integers(0, 18, n)
-    rows = np.arange(n)
-
-    def data(count):
-        return TrainingData(images, rows[:count], labels[:count], rows[:0], labels[:0])
-
-    kwargs = dict(config=config, num_classes=18, device=device, seed=seed)
-    train_fold(params, data(batch * warmup_steps), **kwargs)  # cuDNN autotuning, allocator warm-up
-    if on_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    with B.Timer() as t:
-        result, model = train_fold(params, data(n), **kwargs)
-    peak_train = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
-    reserved = torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else None
-    images_gib = images.numel() * images.element_size() / 2**30
-
-    mean, std = normalisation(model, device)
-    autocast = autocast_dtype(device, config)
-    channels_last = on_cuda and config.channels_last
-    predict_rows(model, images, rows[:batch * 2], device, mean, std, batch_size=batch * 2, amp_dtype=autocast,
-                 channels_last=channels_last)
-    if on_cuda:
-        torch.cuda.synchronize()
-    with B.Timer() as ti:
-        predict_rows(model, images, rows, device, mean, std, batch_size=batch * 2, amp_dtype=autocast,
-                     channels_last=channels_last)
-        if on_cuda:
-            torch.cuda.synchronize()
-    params_m = count_parameters(model)[0] / 1e6
-    del model, images
-    if on_cuda:
-        torch.cuda.empty_cache()
-    return {"backbone": backbone, "batch": batch, "images": n, "train_images_per_second": result.images_per_second,
-            "train_call_seconds": t.seconds, "peak_train_gib": peak_train, "peak_reserved_gib": reserved,
-            "images_on_gpu_gib": images_gib,
-            "peak_without_images_gib": None if peak_train is None else peak_train - images_gib,
-            "infer_images_per_second": n / ti.seconds, "params_millions": round(params_m, 1),
-            **fast_path(device, config)}
+    def left(self) -> float:
+        return self.end - time.monotonic()
 
 
 def run(cfg: B.Config) -> B.Report:
@@ -102,83 +88,395 @@ def run(cfg: B.Config) -> B.Report:
 
     logging.getLogger("timm.scheduler").setLevel(logging.ERROR)  # "no effect since t_initial = 1" on tiny runs
     report = B.Report(NAME, TITLE)
-    want = cfg.device
-    if want in ("auto", "cuda") and torch.cuda.is_available():
-        device = torch.device("cuda")
+    if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+        device = "cuda"
     elif cfg.dry_run:
-        device = torch.device("cpu")
+        device = "cpu"
     else:
-        report.skipped = ("no CUDA GPU visible (torch.cuda.is_available() is False); run benchmarks/gpu.sh on a GPU "
-                          "machine, or add --dry-run for a tiny CPU run of the same code")
+        report.skipped = ("no CUDA GPU visible (torch.cuda.is_available() is False); run benchmarks/gpu.sh OUT on a "
+                          "GPU machine, or add --dry-run for a tiny CPU run of the same code")
         return report
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        batches, steps, warmup = ((64, 128), 30, 5) if not cfg.dry_run else ((8,), 2, 1)
-    else:
-        batches, steps, warmup = (2,), 1, 1
-    backbones = full_space_backbones()
-    report.settings = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (dry run)",
-                       "image_size": IMAGE_SIZE, "batches": list(batches), "timed_steps": steps, "warmup_steps": warmup,
-                       "backbones": backbones, "amp": "bf16 if supported", "channels_last": device.type == "cuda",
-                       "compile": False, "weights": "random init"}
-    results = []
-    for backbone in backbones:
-        for batch in batches:
-            try:
-                r = measure(backbone, device=device, batch=batch, steps=steps, warmup_steps=warmup, seed=cfg.seed)
-            except Exception as e:  # one backbone's failure (OOM, missing op) must not stop the others
-                r = {"backbone": backbone, "batch": batch, "error": f"{type(e).__name__}: {e}"[:300]}
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            results.append(r)
-            if "error" in r:
-                cfg.log(f"{backbone} batch {batch}: {r['error']}")
-                continue
-            peak = f"{r['peak_train_gib']:.2f} GiB peak" if r["peak_train_gib"] is not None else "CPU"
-            cfg.log(f"{backbone:<24} batch {batch:>3}: train {r['train_images_per_second']:8.0f} img/s, "
-                    f"infer {r['infer_images_per_second']:8.0f} img/s, {peak}, {r['params_millions']}M params")
-    report.details = {"results": results}
-    header = ["backbone", "batch", "train img/s", "inference img/s", "peak GPU memory (train)",
-              "of which model + activations", "params"]
-    rows = []
-    for r in results:
-        if "error" in r:
-            rows.append([r["backbone"], str(r["batch"]), r["error"][:60], "", "", "", ""])
-            continue
-        on_gpu = r["peak_train_gib"] is not None
-        peak = f"{r['peak_train_gib']:.2f} GiB" if on_gpu else "— (CPU)"
-        model_only = f"{r['peak_without_images_gib']:.2f} GiB" if on_gpu else "—"
-        rows.append([r["backbone"], str(r["batch"]), f"{r['train_images_per_second']:,.0f}",
-                     f"{r['infer_images_per_second']:,.0f}", peak, model_only, f"{r['params_millions']}M"])
-    report.table = (header, rows)
-    default = next((r for r in results if r["backbone"] == backbones[0] and r["batch"] == batches[-1]
-                    and "error" not in r), None)
-    if default is not None:
-        add_fast_path_rows(report, cfg, backbones[0], device=device, batch=batches[-1], steps=steps, warmup=warmup,
-                           default=default)
-    if device.type == "cuda":
-        report.notes.append("peak GPU memory includes the uint8 image tensor held on the GPU (batch x steps images, as "
-                            "a search holds its whole dataset there); the next column leaves it out")
+    sizes = DRY if device == "cpu" else GPU
+    report.settings = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
+                       "gpus": torch.cuda.device_count() if device == "cuda" else 0, "sizes": sizes.__dict__,
+                       "backbones": BACKBONES, "weights": "random init", "torch_threads_per_process": cfg.threads}
+    budgets = dict(sizes.budgets)
+    cache = cfg.workdir / "cache"
+    photos = part_a(report, cfg, sizes, device, cache, Clock(budgets["A"]))
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the workers of B share the GPU with this process
+    part_b_demo(report, cfg, sizes, device, cache, Clock(budgets["B demo"]))
+    part_b_full(report, cfg, sizes, device, cache, photos, Clock(budgets["B full"]))
+    part_c(report, cfg, sizes, cache, photos, Clock(budgets["C"]))
     return report
 
 
-def add_fast_path_rows(report: B.Report, cfg: B.Config, backbone: str, *, device, batch: int, steps: int,
-                       warmup: int, default: dict) -> None:
-    """What the GPU settings are worth: the first backbone with mixed precision, then channels-last, off."""
-    for label, options in (("bf16 autocast off (fp32)", {"amp": False}), ("channels-last off", {"channels_last": False})):
-        try:
-            r = measure(backbone, device=device, batch=batch, steps=steps, warmup_steps=warmup, seed=cfg.seed,
-                        **options)
-        except Exception as e:
-            cfg.log(f"{backbone} batch {batch}, {label}: {type(e).__name__}: {e}"[:300])
-            continue
-        peak = f", {r['peak_train_gib']:.2f} GiB peak" if r["peak_train_gib"] is not None else ""
-        cfg.log(f"{backbone} batch {batch}, {label}: train {r['train_images_per_second']:.0f} img/s{peak}")
-        report.add(f"{backbone} b{batch} training, maskopt's settings vs {label}", default["train_images_per_second"],
-                   r["train_images_per_second"], label, unit="img/s",
-                   ratio=B.ratio(default["train_images_per_second"], r["train_images_per_second"]),
-                   ratio_label="speed-up")
-        report.details.setdefault("fast_path", []).append({"label": label, **r})
+# --- data ------------------------------------------------------------------------------------------
 
+
+def competition_photos(cfg: B.Config, persons: int) -> Path:
+    """Demo data in the competition layout whose training photos are 384x512, like the real ones.
+
+    Each photo is the demo picture scaled up with mild sensor noise (so that it compresses like a
+    photograph) and written back in its own format (JPEG quality 90; the demo's few PNGs stay PNG).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from maskopt.search.data.demo import make_demo_data
+
+    root = cfg.workdir / f"photos-{persons}p"
+    if (root / "train" / "train.csv").exists():
+        return root
+    make_demo_data(root, persons=persons, eval_persons=2, size=96, seed=cfg.seed, quiet=True)
+    files = [p for p in sorted((root / "train" / "images").rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    noise = np.random.default_rng(cfg.seed).normal(0, 4, (1024, 768, 3)).astype(np.int16)
+
+    def enlarge(numbered) -> None:
+        i, path = numbered
+        with Image.open(path) as img:
+            big = np.asarray(img.convert("RGB").resize((384, 512), Image.BICUBIC), dtype=np.int16)
+        y, x = (i * 37) % 512, (i * 53) % 384
+        Image.fromarray((big + noise[y:y + 512, x:x + 384]).clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(enlarge, enumerate(files)))
+    return root
+
+
+# --- A: a maskopt trial against a timm-style loop ------------------------------------------------------
+
+
+def trial_space(cfg: B.Config, *, backbone: str, batch: int, image_size: int, epochs: int, amp: bool = True,
+                channels_last: bool = True):
+    """One configuration of full.yaml's kind, as a space of constants, trained from scratch."""
+    from maskopt.search.space import parse_space
+
+    study = {"folds": 2, "epochs": epochs, "seed": cfg.seed, "sampler": "random", "pruner": "none",
+             "warmup_epochs": 0.5, "amp": amp, "channels_last": channels_last, "compile": False}
+    params = {"backbone": backbone, "lr": LOOP_LR, "weight_decay": 0.05, "batch_size": batch, "freeze_depth": 0,
+              "sampler": "uniform", "aug_strength": 0.3, "loss": "ce", "optimizer": "adamw",
+              "image_size": image_size, "age_old": 60, "head": "single"}
+    return parse_space({"study": study, "params": params}, source="benchmarks/gpu.py", check_names=False)
+
+
+def maskopt_trial(cfg: B.Config, space, *, name: str, data: Path, device: str, cache: Path) -> dict:
+    """The configuration trained twice by ``run_search``: training img/s of each run, peak GPU memory."""
+    from optuna.trial import TrialState
+
+    from maskopt.search.study import record
+    from maskopt.search.study.record import StudyRecord
+    from maskopt.search.study.runner import run_search
+
+    url = f"sqlite:///{cfg.workdir / 'a.db'}"
+    with B.Timer() as t:
+        run_search(space, trials=2, storage=url, data=data, study=name, device=device, cache_dir=cache,
+                   threads=cfg.threads, heartbeat_interval=None, checkpoints=False, artifacts=None, quiet=True)
+    study = StudyRecord.open(url, name)
+    first, second = study.trials()
+    failed = next((t.fail_reason or t.state.name for t in (first, second) if t.state != TrialState.COMPLETE), None)
+    if failed is not None:
+        return {"error": failed[:300]}
+    peak = study.study.trials[second.number].user_attrs.get(record.PEAK_MEMORY_MB)
+    return {"first_images_per_second": first.images_per_second, "images_per_second": second.images_per_second,
+            "peak_gpu_mib": peak if device == "cuda" else None, "seconds": t.seconds, "score": second.value,
+            "same_score_twice": first.value == second.value}
+
+
+def timm_style_loop(backbone: str, *, batch: int, image_size: int, steps: int, warmup: int, device: str,
+                    seed: int) -> float:
+    """Training images per second of timm's ``benchmark.py --bench train --amp --channels-last`` loop."""
+    import timm
+    import timm.optim
+    import torch
+
+    on_cuda = device == "cuda"
+    torch.manual_seed(seed)
+    model = timm.create_model(backbone, num_classes=18).to(device).to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = timm.optim.create_optimizer_v2(model, opt="adamw", lr=LOOP_LR, weight_decay=0.05)
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 18, (batch,), device=device)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=on_cuda):
+            loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as benchmark.py and maskopt's trials
+    try:
+        for _ in range(warmup):
+            step()
+        if on_cuda:
+            torch.cuda.synchronize()
+        with B.Timer() as t:
+            for _ in range(steps):
+                step()
+            if on_cuda:
+                torch.cuda.synchronize()
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    return batch * steps / t.seconds
+
+
+def part_a(report: B.Report, cfg: B.Config, sizes: Sizes, device: str, cache: Path, clock: Clock) -> Path:
+    """A maskopt trial against the timm-style loop, then bf16 and channels-last off; returns the photos."""
+    cfg.log("A. training throughput: a maskopt trial vs a timm-style loop")
+    photos = competition_photos(cfg, sizes.persons)
+    header = ["backbone", "batch", "maskopt trial img/s", "its first run (cuDNN autotuning)", "timm-style loop img/s",
+              "maskopt / loop", "peak GPU memory of the trial"]
+    rows, details, left_out = [], [], []
+    for backbone in BACKBONES:
+        for batch in sizes.batches:
+            if clock.left() <= 0:
+                left_out.append(f"{backbone} b{batch}")
+                continue
+            space = trial_space(cfg, backbone=backbone, batch=batch, image_size=sizes.image_size, epochs=sizes.epochs)
+            trial = maskopt_trial(cfg, space, name=f"{backbone}-b{batch}", data=photos, device=device, cache=cache)
+            try:
+                loop = timm_style_loop(backbone, batch=batch, image_size=sizes.image_size, steps=sizes.loop_steps,
+                                       warmup=sizes.loop_warmup, device=device, seed=cfg.seed)
+            except Exception as e:  # out of memory, a missing kernel: the other rows still count
+                loop = None
+                trial.setdefault("error", f"timm-style loop: {type(e).__name__}: {e}"[:300])
+            details.append({"backbone": backbone, "batch": batch, "timm_style_images_per_second": loop, **trial})
+            if "error" in trial:
+                cfg.log(f"{backbone} b{batch}: {trial['error']}")
+                rows.append([backbone, str(batch), trial["error"][:60], "", "", "", ""])
+                continue
+            ratio = B.ratio(trial["images_per_second"], loop)
+            peak = f"{trial['peak_gpu_mib'] / 1024:.2f} GiB" if trial["peak_gpu_mib"] else "—"
+            cfg.log(f"{backbone:<16} b{batch:<4} maskopt {trial['images_per_second']:8.0f} img/s (first run "
+                    f"{trial['first_images_per_second']:.0f}), loop {loop:8.0f} img/s, ratio {B.fmt_ratio(ratio)}, {peak}")
+            rows.append([backbone, str(batch), f"{trial['images_per_second']:,.0f}",
+                         f"{trial['first_images_per_second']:,.0f}", f"{loop:,.0f}", B.fmt_ratio(ratio), peak])
+            report.add(f"A. {backbone} b{batch}: training img/s, maskopt trial vs timm-style loop",
+                       trial["images_per_second"], loop, "timm-style loop", unit="img/s", ratio=ratio,
+                       ratio_label="maskopt/loop", target=">= 0.90",
+                       met=None if device == "cpu" or ratio is None else ratio >= 0.90)
+    report.table = (header, rows)
+    report.details["A"] = details
+    for backbone in BACKBONES:
+        default = next((d for d in details if d["backbone"] == backbone and d["batch"] == sizes.batches[-1]
+                        and "error" not in d), None)
+        if default is None:
+            continue
+        for label, options in (("bf16 off (fp32)", {"amp": False}), ("channels-last off", {"channels_last": False})):
+            if clock.left() <= 0:
+                left_out.append(f"{backbone} b{default['batch']} with {label}")
+                continue
+            space = trial_space(cfg, backbone=backbone, batch=default["batch"], image_size=sizes.image_size,
+                                epochs=sizes.epochs, **options)
+            name = f"{backbone}-b{default['batch']}-{'-'.join(options)}-off"
+            off = maskopt_trial(cfg, space, name=name, data=photos, device=device, cache=cache)
+            report.details.setdefault("A_settings_off", []).append({"backbone": backbone, "label": label, **off})
+            if "error" in off:
+                cfg.log(f"{backbone} b{default['batch']}, {label}: {off['error']}")
+                continue
+            cfg.log(f"{backbone} b{default['batch']}, {label}: {off['images_per_second']:.0f} img/s")
+            report.add(f"A. {backbone} b{default['batch']} trial: maskopt's settings vs {label}",
+                       default["images_per_second"], off["images_per_second"], label, unit="img/s",
+                       ratio=B.ratio(default["images_per_second"], off["images_per_second"]), ratio_label="speed-up")
+    if left_out:
+        report.notes.append(f"A: left out by its {dict(sizes.budgets)['A']:.0f} s time box: {', '.join(left_out)}")
+    return photos
+
+
+# --- B: trials per hour with K workers per GPU -------------------------------------------------------
+
+STARTUP_S = 20.0  # about what K workers take to start (imports, CUDA, the images onto the GPU)
+
+
+def part_b_demo(report: B.Report, cfg: B.Config, sizes: Sizes, device: str, cache: Path, clock: Clock) -> None:
+    """spaces/demo.yaml from scratch, no pruner, on demo data."""
+    from maskopt.search.space import Component, load_space
+
+    cfg.log("B. trials per hour at demo size, K workers per GPU")
+    space = load_space(B.ROOT / "spaces" / "demo.yaml", check_names=False)
+    space = replace(space, study=replace(space.study, pretrained=False, weights=None, sampler=Component("random"),
+                                         pruner=Component("none")))
+    data = B.demo_data(cfg, persons=sizes.demo_persons, size=96)
+    study_throughput(report, cfg, label="demo", space=space, data=data, device=device, cache=cache,
+                     trials=sizes.demo_trials, ks=sizes.ks, clock=clock, target=1.4)
+
+
+def part_b_full(report: B.Report, cfg: B.Config, sizes: Sizes, device: str, cache: Path, photos: Path,
+                clock: Clock) -> None:
+    """spaces/full.yaml from scratch, no pruner, 2 folds x 1 epoch, on the photos of A."""
+    from maskopt.search.space import Choice, Component, Constant, load_space
+
+    cfg.log("B. trials per hour at full.yaml size, K workers per GPU")
+    space = load_space(B.ROOT / "spaces" / "full.yaml", check_names=False)
+    study = replace(space.study, folds=2, epochs=1, warmup_epochs=0.5, pretrained=False, weights=None,
+                    corrections=None, sampler=Component("random"), pruner=Component("none"))
+    dims = dict(space.dims, image_size=Constant(sizes.image_size))
+    if device == "cpu":  # the dry run's tiny images: vit_small_patch16_224 takes 224 px only
+        dims["backbone"] = Choice(BACKBONES)
+    study_throughput(report, cfg, label="full.yaml", space=replace(space, study=study, dims=dims), data=photos,
+                     device=device, cache=cache, trials=sizes.full_trials, ks=sizes.ks, clock=clock, target=None)
+
+
+def draw_configurations(space, n: int, seed: int) -> list[dict]:
+    """``n`` configurations of ``space`` drawn at random (seeded): every run of B gets the same."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    configurations = []
+    for _ in range(n):
+        trial = study.ask()
+        space.suggest(trial)
+        configurations.append(dict(trial.params))
+        study.tell(trial, 0.0)
+    return configurations
+
+
+def study_throughput(report: B.Report, cfg: B.Config, *, label: str, space, data: Path, device: str, cache: Path,
+                     trials: int, ks: tuple[int, ...], clock: Clock, target: float | None) -> None:
+    """The same configurations, enqueued in a fresh study per K, run by K workers per GPU."""
+    import torch
+
+    from maskopt.errors import MaskoptError
+    from maskopt.search.study.runner import open_search
+    from maskopt.search.study.workers import run_workers
+
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    configurations = draw_configurations(space, trials, cfg.seed)
+    runs: dict[int, dict] = {}
+    for n, k in enumerate(ks):
+        share = clock.left() / (len(ks) - n)
+        if share < STARTUP_S / 2:
+            report.notes.append(f"B {label}: K={k} left out by the part's time box")
+            continue
+        name = f"{label.replace('.', '-')}-k{k}"
+        url = f"sqlite:///{cfg.workdir / f'{name}.db'}"  # a database per run: its SQLite locks are its own
+        opened = open_search(space, storage=url, data=data, study=name, cache_dir=cache, heartbeat_interval=None,
+                             quiet=True)
+        for params in configurations:
+            opened.study.enqueue_trial(params)
+        workers = k * max(gpus, 1)
+        error = None
+        with B.Timer() as wall:
+            try:
+                run_workers(space, workers=workers, workers_per_gpu=k, trials=trials, storage=url, data=data,
+                            study=name, device=device, threads=cfg.threads, cache_dir=cache,
+                            timeout=max(1.0, share - STARTUP_S), heartbeat_interval=None, checkpoints=False,
+                            artifacts=None)
+            except MaskoptError as e:  # a worker failed: count what the others finished
+                error = str(e)[:300]
+        done = [t for t in B.trial_table(opened.study) if t["state"] == "COMPLETE"]
+        span = max(t["complete"] for t in done) - min(t["start"] for t in done) if done else None
+        runs[k] = {"workers": workers, "finished": len(done), "span_s": span, "wall_s": wall.seconds,
+                   "trials_per_hour": len(done) * 3600 / span if span else None,
+                   "mean_trial_s": B.median([t["complete"] - t["start"] for t in done]), "error": error,
+                   "scores": {json.dumps(t["params"], sort_keys=True): t["value"] for t in done}}
+        r = runs[k]
+        cfg.log(f"{label} K={k} ({workers} workers): {r['finished']}/{trials} trials in {B.fmt(span, 's')} "
+                f"(wall {wall.seconds:.0f} s with start-up), {B.fmt(r['trials_per_hour'], 'trials/h')}"
+                + (f"; {error}" if error else ""))
+    report.details[f"B {label}"] = {"configurations": configurations, "runs": runs}
+    base = runs.get(1, {}).get("trials_per_hour")
+    for k in ks[1:]:
+        if k not in runs:
+            continue
+        ratio = B.ratio(runs[k]["trials_per_hour"], base)
+        goal = target if k == 2 else None
+        report.add(f"B. {label}: trials per hour, K={k} vs K=1 workers per GPU", runs[k]["trials_per_hour"], base,
+                   "K=1", unit="trials/h", ratio=ratio, ratio_label=f"K={k}/K=1",
+                   target=f">= {goal}" if goal else "",
+                   met=None if goal is None or device == "cpu" or ratio is None else ratio >= goal)
+    common = set.intersection(*(set(r["scores"]) for r in runs.values())) if runs else set()
+    if len(runs) > 1 and common:
+        spread = max(max(r["scores"][c] for r in runs.values()) - min(r["scores"][c] for r in runs.values())
+                     for c in common)
+        report.add(f"B. {label}: score spread per configuration across K ({len(common)} configurations)", spread,
+                   None, "", target="0 (the same scores)", met=spread == 0)
+
+
+# --- C: host memory of two workers ------------------------------------------------------------------
+
+
+def part_c(report: B.Report, cfg: B.Config, sizes: Sizes, cache: Path, photos: Path, clock: Clock) -> None:
+    cfg.log("C. host memory of two workers holding the decoded images")
+    if clock.left() <= 0:
+        report.notes.append("C: left out by its time box")
+        return
+    held = host_memory(photos, image_size=sizes.image_size, cache_dir=cache, timeout=clock.left() + 60)
+    report.details["C"] = held
+    for mode, workers in held.items():
+        cfg.log(f"{mode}: each worker +" + ", +".join(f"{w['rss_mib']:.0f} MiB RSS / {w['pss_mib']:.0f} MiB PSS"
+                                                        for w in workers) + f" (images {held_mib(held):.0f} MiB)")
+
+    def total(mode: str, key: str) -> float:
+        return sum(w[key] for w in held[mode])
+
+    report.add("C. host memory 2 workers add to hold the images: sum of PSS", total("shared", "pss_mib"),
+               total("private copy", "pss_mib"), "a private copy each (before)", unit="MiB",
+               ratio=B.ratio(total("shared", "pss_mib"), total("private copy", "pss_mib")), ratio_label="shared/copy")
+    report.add("C. resident memory each worker adds (RSS, shared pages counted in each)", total("shared", "rss_mib") / 2,
+               total("private copy", "rss_mib") / 2, "a private copy each (before)", unit="MiB")
+
+
+def held_mib(held: dict) -> float:
+    return held["shared"][0]["images_mib"]
+
+
+def host_memory(data: Path, *, image_size: int, cache_dir: Path, timeout: float, workers: int = 2) -> dict:
+    """What ``workers`` processes, each holding every decoded image on the CPU at once, add to their memory.
+
+    ``shared``: ``PreparedData.images``, the cache file's memory map. ``private copy``: the rows
+    gathered into each process's own memory, as ``PreparedData.images`` did before issue 26.
+    PSS (proportional set size) splits each shared page among the processes mapping it, so the
+    workers' PSS adds up to what they cost the machine; RSS counts a shared page in every one.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    held = {}
+    for mode in ("private copy", "shared"):
+        barrier, results = context.Barrier(workers), context.Queue()
+        processes = [context.Process(target=_hold_images, args=(str(data), image_size, str(cache_dir),
+                                                                mode == "shared", barrier, results))
+                     for _ in range(workers)]
+        for process in processes:
+            process.start()
+        held[mode] = [results.get(timeout=timeout) for _ in processes]
+        for process in processes:
+            process.join()
+    return held
+
+
+def _hold_images(data: str, image_size: int, cache_dir: str, shared: bool, barrier, results) -> None:
+    import numpy as np
+    import torch
+
+    from maskopt.search.data.cache import load_images
+    from maskopt.search.data.dataset import load_dataset
+    from maskopt.search.data.prepared import prepare_data
+
+    prepared = prepare_data(load_dataset(data), image_sizes=[image_size], cache_dir=cache_dir)
+    before = _memory_kib()
+    if shared:
+        images = prepared.images(image_size)
+    else:
+        cache = load_images(prepared.source_paths, image_size=image_size, cache_dir=cache_dir)
+        images = torch.from_numpy(np.ascontiguousarray(cache.images[prepared.rows]))
+        del cache
+    checksum = int(images.sum())  # reads every page, as an epoch does
+    barrier.wait(timeout=300)  # every worker holds its images now
+    after = _memory_kib()
+    barrier.wait(timeout=300)  # none lets go before all have measured
+    results.put({"rss_mib": (after["Rss"] - before["Rss"]) / 1024, "pss_mib": (after["Pss"] - before["Pss"]) / 1024,
+                 "images_mib": images.numel() / 2**20, "checksum": checksum})
+
+
+def _memory_kib() -> dict[str, int]:
+    """Rss and Pss of this process, in KiB (Linux's /proc/self/smaps_rollup)."""
+    fields = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return fields

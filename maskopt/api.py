@@ -23,10 +23,12 @@ import optuna
 
 from maskopt.search.data.demo import make_demo_data
 from maskopt.search.data.eda import eda
-from maskopt.search.export import ExportResult, export_best, predict, score
+from maskopt.search.export import ExportResult, export_best, export_onnx_folder, predict, score
 from maskopt.search.report import label_issues, report
-from maskopt.search.space import SearchSpace, load_space
+from maskopt.search.space import Component, SearchSpace, load_space
+from maskopt.search.space.schema import check_workers_per_gpu
 from maskopt.search.study.record import StudyRecord
+from maskopt.search.study.replay import StudyReplay, replay_study
 from maskopt.search.study.runner import SearchResult, run_search
 from maskopt.search.study.workers import run_workers
 from maskopt.search.train.resources import threads_per_worker
@@ -48,6 +50,7 @@ def search(
     timeout: float | None = None,
     device: str = "auto",
     workers: int = 1,
+    workers_per_gpu: int | None = None,
     worker_index: int = 0,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
@@ -69,7 +72,11 @@ def search(
         seed: Overrides the space's ``study.seed``.
         timeout: Stop starting trials after this many seconds.
         device: ``auto``, ``cpu`` or ``cuda``.
-        workers: Worker processes on this machine (one per GPU where there are GPUs).
+        workers: Worker processes on this machine, all of them: with G GPUs, ``workers_per_gpu``
+            x G gives every GPU its share.
+        workers_per_gpu: Workers sharing each GPU, each seeing only its own (default: the space's
+            ``study.workers_per_gpu``, 1). It places the ``workers`` processes and starts none
+            of its own; without a GPU it is ignored, with a note.
         worker_index: This process's index among the workers sharing the study.
         threads: CPU threads for torch per worker (default: the free cores); the retrain gets
             all the workers' threads.
@@ -87,6 +94,8 @@ def search(
     """
     if not isinstance(space, SearchSpace):
         space = load_space(space)
+    if workers_per_gpu is not None:
+        check_workers_per_gpu(workers_per_gpu)
     # The retrain gets all the workers' threads, counted before they start: they are this
     # search's own cores, whatever else starts on the machine meanwhile.
     threads = threads or threads_per_worker(workers)
@@ -96,7 +105,7 @@ def search(
                   artifacts=artifacts, heartbeat_interval=heartbeat_interval, checkpoints=checkpoints,
                   worker_index=worker_index)
     if workers > 1:
-        result = run_workers(space, workers=workers, quiet=quiet, **common)
+        result = run_workers(space, workers=workers, workers_per_gpu=workers_per_gpu, quiet=quiet, **common)
     else:
         result = run_search(space, quiet=quiet, **common)
     if not (export and result.reached_total and result.best is not None):
@@ -113,6 +122,32 @@ def load_study(*, storage: str | None = None, study: str | None = None) -> optun
     return StudyRecord.open(storage, study).study
 
 
-__all__ = ["search", "export_best", "predict", "score", "report", "label_issues", "studies", "dashboard",
-           "import_weights", "eda", "make_demo_data", "load_space", "load_study", "SearchSpace", "SearchResult",
-           "ExportResult"]
+def replay(*, study: str | None = None, storage: str | None = None, sampler: str | None = None,
+           pruner: str | None = None, workers: int = 1, seeds: int = 20) -> StudyReplay:
+    """What another sampler or pruner would have done on a finished study, replayed on its own trials.
+
+    The trials that ran every fold become a table of learning curves (see
+    ``maskopt.search.study.replay``); searches are then replayed on it in simulated time: its
+    trials in their recorded order with each pruner, and each sampler and pruner over ``seeds``
+    seeds. Nothing is trained.
+
+    Args:
+        study: Study name (may be omitted when the storage holds one study).
+        storage: SQLAlchemy URL (None: the SQLite file ``maskopt.db`` here).
+        sampler: Another sampler by name (default: the study's own).
+        pruner: Another pruner by name (default: the study's own).
+        workers: Parallel workers of the replays.
+        seeds: Seeds each sampler is replayed with.
+
+    Raises:
+        StorageError: No such storage or study.
+        NotAMaskoptStudy: The study was not made by maskopt.
+        MaskoptError: Fewer than two trials ran every fold, or an unknown sampler or pruner.
+    """
+    return replay_study(StudyRecord.open(storage, study), sampler=None if sampler is None else Component(sampler),
+                        pruner=None if pruner is None else Component(pruner), workers=workers, seeds=seeds)
+
+
+__all__ = ["search", "export_best", "export_onnx_folder", "predict", "score", "report", "label_issues", "studies",
+           "dashboard", "import_weights", "eda", "make_demo_data", "load_space", "load_study", "replay", "SearchSpace",
+           "SearchResult", "ExportResult"]

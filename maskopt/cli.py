@@ -22,6 +22,7 @@ COMMANDS = {
     "eda": ("data", "eda", "Summarise a dataset before tuning: classes, ages, images, problems."),
     "search": ("search", "search", "Run (or resume) a pruned k-fold Optuna study from a YAML space."),
     "export-best": ("export", "export_best", "Retrain the best trial on all data and export it."),
+    "export-onnx": ("export", "export_onnx", "Add an ONNX graph, verified against PyTorch, to an export."),
     "predict": ("export", "predict", "Write a submission from a saved export."),
     "score": ("export", "score", "Score a submission against a solution file."),
     "studies": ("storage", "studies", "List the studies in a storage."),
@@ -29,6 +30,7 @@ COMMANDS = {
     "report": ("report", "report", "Write a self-contained HTML report of a study."),
     "label-issues": ("labels", "label_issues", "List training images whose labels the study's predictions doubt."),
     "weights": ("weights", "weights", "Import pretrained weights from another library's checkpoint."),
+    "replay": ("replay", "replay", "Replay a finished study with another sampler or pruner, in simulated time."),
 }
 
 
@@ -45,14 +47,14 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(f"maskopt.commands.{module}"), attr)
 
     def invoke(self, ctx):
-        from maskopt.commands.output import command_output
+        from maskopt.commands.output import command_output, shown
         from maskopt.errors import MaskoptError
 
         try:
             with command_output(self.with_flags):
                 return super().invoke(ctx)
         except MaskoptError as e:
-            raise click.ClickException(self.with_flags(str(e))) from e
+            raise click.ClickException(self.with_flags(shown(str(e)))) from e
 
     def with_flags(self, message: str) -> str:
         """A library message with each `parameter` it names shown as this CLI's option (--flag).

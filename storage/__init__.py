@@ -7,7 +7,7 @@ never shown (``redact``).
 
 from ._artifacts import DEFAULT_ARTIFACT_DIR, artifact_store
 from ._dashboard import serve_dashboard
-from ._rdb import open_storage
+from ._rdb import open_storage, require_writable
 from ._studies import (
     StudySummary,
     create_or_load_study,
@@ -27,6 +27,7 @@ __all__ = [
     "load_existing_study",
     "open_storage",
     "redact",
+    "require_writable",
     "resolve_url",
     "serve_dashboard",
     "studies",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy.engine import URL, make_url
 
@@ -141,13 +144,15 @@ def open_storage(
                 callback = None
                 if heartbeat_interval is not None:
                     callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     driver_url,
                     engine_kwargs=_engine_kwargs(parsed),
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=callback,
                 )
+                _report_failed_sqlite_writes(storage, parsed, url)
+                return storage
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             if attempt < _SCHEMA_ATTEMPTS and _is_schema_race(e):
                 time.sleep(random.uniform(*_BACKOFF_S) * attempt)
@@ -186,22 +191,80 @@ def _require_sqlite_file(parsed: URL, url: str) -> None:
         )
 
 
+def require_writable(url: str | None) -> None:
+    """Refuse a SQLite storage that cannot be written, before work whose end writes to it.
+
+    Each search writes every trial there, and an export notes itself there when it is done: a
+    read-only file fails only at that first commit. Nothing to check for a server database.
+
+    Raises:
+        StorageError: The file or its folder cannot be written (a read-only filesystem, no
+            permission); the message names them and says what to do.
+    """
+    url = resolve_url(url)
+    _require_writable_sqlite(make_url(_with_driver(url)), url)
+
+
 def _require_writable_sqlite(parsed: URL, url: str) -> None:
     # SQLite opens a read-only file without complaint and fails at the first commit, deep in a
-    # trial; say so before anything runs. access() reports a read-only filesystem even to root.
-    # The folder must be writable too: SQLite writes its journal beside the file.
+    # trial or after an export: say so before anything runs. A real write is tried, since
+    # access() says yes to root where a write fails (a root-squashed NFS share, an immutable
+    # file). The folder must be writable too: SQLite writes its journal beside the file.
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
     path = Path(parsed.database).resolve()
     folder = path.parent
     if not folder.is_dir():
         return  # the connection attempt reports the missing folder
-    for target in ((path, folder) if path.exists() else (folder,)):
-        if not os.access(target, os.W_OK):
-            raise StorageError(
-                f"SQLite storage {path} ({redact(url)}) cannot be written: {target} is read-only (a read-only "
-                f"filesystem or no write permission). A search writes every trial there: copy the file to a "
-                f"writable folder, or point `storage` (or MASKOPT_STORAGE) elsewhere.")
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # opened for writing, nothing written
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(path, url) from None
+        raise _read_only(path, url, f"{e.filename or path}: {e.strerror or e}") from None
+
+
+def _report_failed_sqlite_writes(storage: optuna.storages.RDBStorage, parsed: URL, url: str) -> None:
+    """Turn SQLite's "database or disk is full" and "readonly database" on any later write into a
+    StorageError that names the file and says what to do (Optuna would say "invalid data")."""
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database).resolve()
+
+    def on_error(context) -> None:
+        error = _sqlite_failed_write(context.original_exception, path, url)
+        if error is not None:
+            raise error from context.original_exception
+
+    sqlalchemy.event.listen(storage.engine, "handle_error", on_error)
+
+
+def _sqlite_failed_write(e: BaseException, path: Path, url: str) -> StorageError | None:
+    """The StorageError for a SQLite error that means the disk is full or the file read-only, else None."""
+    reason = str(e)
+    if "database or disk is full" in reason.lower():
+        return _disk_full(path, url)
+    if "readonly database" in reason.lower():
+        return _read_only(path, url, reason)
+    return None
+
+
+def _disk_full(path: Path, url: str) -> StorageError:
+    return StorageError(
+        f"SQLite storage {path} ({redact(url)}) cannot be written: the disk holding {path.parent} is full, and the "
+        f"last change was not stored. Free space there, or move the file to another disk and point `storage` (or "
+        f"MASKOPT_STORAGE) at it; then run the command again.")
+
+
+def _read_only(path: Path, url: str, detail: str) -> StorageError:
+    return StorageError(
+        f"SQLite storage {path} ({redact(url)}) cannot be written ({detail}): a read-only filesystem or no write "
+        f"permission. maskopt writes every trial and every export's note there: copy the file to a writable "
+        f"folder and point `storage` (or MASKOPT_STORAGE) at the copy.")
 
 
 def _causes(e: BaseException):
@@ -242,6 +305,9 @@ def _storage_error(e: BaseException, parsed: URL, url: str) -> StorageError:
                 f"Cannot open SQLite file {path} ({redact(url)}): its folder does not exist or "
                 "is not writable. Create the folder or fix the path."
             )
+        failed_write = _sqlite_failed_write(orig, path, url)
+        if failed_write is not None:
+            return failed_write
         if "file is not a database" in lowered:
             return StorageError(
                 f"{path} is not a SQLite database ({redact(url)}). Point `storage` at another "

@@ -25,7 +25,7 @@ def create_or_load_study(
     *,
     storage: optuna.storages.RDBStorage,
     study_name: str,
-    direction: str = "maximize",
+    direction: str | tuple[str, ...] = "maximize",
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
@@ -37,7 +37,7 @@ def create_or_load_study(
     Args:
         storage: From ``open_storage``.
         study_name: The study's name.
-        direction: "maximize" or "minimize".
+        direction: "maximize" or "minimize", or one of them per objective (a multi-objective study).
         sampler: Passed to Optuna; None means Optuna's default (TPE).
         pruner: Passed to Optuna; None means Optuna's default (median). Every worker of a
             study must build the same pruner: Optuna does not store it.
@@ -54,10 +54,11 @@ def create_or_load_study(
     """
     for attempt in range(1, _CREATE_ATTEMPTS + 1):
         try:
+            directions = (direction,) if isinstance(direction, str) else tuple(direction)
             study = optuna.create_study(
                 storage=storage,
                 study_name=study_name,
-                direction=direction,
+                directions=list(directions),
                 sampler=sampler,
                 pruner=pruner,
                 load_if_exists=True,
@@ -74,12 +75,12 @@ def create_or_load_study(
                 ) from e
             time.sleep(random.uniform(*_BACKOFF_S) * attempt)
 
-    wanted = optuna.study.StudyDirection[direction.upper()]
-    if study.directions != [wanted]:
+    wanted = [optuna.study.StudyDirection[d.upper()] for d in directions]
+    if study.directions != wanted:
         existing = ", ".join(d.name.lower() for d in study.directions)
         raise StorageError(
             f"Study {study_name!r} in {_url_of(storage)} exists and is set to {existing}, but "
-            f"this run wants to {direction}. Use another study name, or the same direction."
+            f"this run wants to {', '.join(directions)}. Use another study name, or the same direction."
         )
     return study
 

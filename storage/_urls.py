@@ -37,6 +37,10 @@ _PIP_PACKAGES = {
 # (not percent-encoded) password holding "@", ":" or "/" is still hidden whole. A later "@" in
 # the same word (a query string) makes it hide too much, never too little.
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:)\S*@")
+# Text that is one URL (what the commands print): its password runs to its last "@", spaces and all.
+_WHOLE_URL_PASSWORD = re.compile(r"\A(\s*[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@]*:).*@", re.DOTALL)
+# What SQLAlchemy reads as "user:password@" after the "://": the password ends at its first "@".
+_USERINFO = re.compile(r"[^:/]*:[^@]*@")
 # libpq keyword strings and URL query parameters: password=secret
 _KEYWORD_PASSWORD = re.compile(
     r"(\bpassword\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&'\",;)]+)", re.IGNORECASE
@@ -67,7 +71,9 @@ def resolve_url(url: str | None) -> str:
 def redact(text_or_url: str) -> str:
     """Replace every password in a URL, or in text holding URLs, with ``***``.
 
-    Also hides ``password=...`` keyword settings (libpq connection strings, query strings).
+    Also hides ``password=...`` keyword settings (libpq connection strings, query strings). In
+    text that starts with a URL, the password runs to the text's last ``@``, so a password with a
+    raw space is hidden whole too.
 
     Args:
         text_or_url: A URL, or any text (an error message, a log line) that may hold URLs.
@@ -79,7 +85,8 @@ def redact(text_or_url: str) -> str:
         >>> redact("cannot reach postgresql://user:secret@db:5432/optuna")
         'cannot reach postgresql://user:***@db:5432/optuna'
     """
-    text = _URL_PASSWORD.sub(r"\1***@", text_or_url)
+    text = _WHOLE_URL_PASSWORD.sub(r"\1***@", text_or_url)
+    text = _URL_PASSWORD.sub(r"\1***@", text)
     return _KEYWORD_PASSWORD.sub(r"\1***", text)
 
 
@@ -118,7 +125,7 @@ def _parse(url: str):
             "postgresql://USER:PASSWORD@HOST:5432/DATABASE)."
         )
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except Exception as e:  # make_url raises ArgumentError, ValueError (a bad port), ...
         # Not quoting the parser's message: it can echo a piece of a mangled password.
         raise StorageError(
@@ -126,6 +133,16 @@ def _parse(url: str):
             f"{backend}://USER:PASSWORD@HOST:PORT/DATABASE; percent-encode special characters "
             "in the user name and password (@ as %40, : as %3A, / as %2F)."
         ) from e
+    address = url.split("://", 1)[1]
+    userinfo = _USERINFO.match(address)
+    if userinfo and "@" in address[userinfo.end():]:
+        # Parsed, but the rest of the password was read as the host, which the driver's errors print.
+        raise StorageError(
+            f"Storage URL {redact(url)} has a raw \"@\" in its password (or after it), so part of the password "
+            "would be read as the host. Percent-encode every \"@\" in the user name and password as %40 (and : "
+            "as %3A, / as %2F)."
+        )
+    return parsed
 
 
 def _with_driver(url: str) -> str:

@@ -297,3 +297,41 @@ def main_study(tmp_path_factory, demo_data, cache_dir) -> MainStudy:
         os.chdir(previous)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return MainStudy(root, space_path, db, url, demo_data, cache_dir, root / "exports" / "main", result.output)
+
+
+# --- real small disks ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs():
+    """``tmpfs(folder, size="300k") -> folder``: a tmpfs mounted there (a real disk that fills up, or
+    that ``mount -o remount,ro`` makes read-only), unmounted after the test. Skips, saying why,
+    where mounting is not allowed (it needs root)."""
+    import shutil
+
+    mounted = []
+
+    def mount(folder: Path, size: str = "300k") -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a tmpfs needs root: no full or read-only disk to test against")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+
+
+def fill_disk(folder: Path) -> None:
+    """Fill the disk holding ``folder`` to the last byte (a file named ``filler``)."""
+    import errno
+
+    with open(folder / "filler", "wb", buffering=0) as f, pytest.raises(OSError) as full:
+        while True:
+            f.write(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC

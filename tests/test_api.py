@@ -69,9 +69,10 @@ def test_library_errors_name_arguments_and_the_cli_shows_its_options(tmp_path):
 
 # Each command and the function of the same name on `maskopt`; options only the command line has
 # (an output format, the negative spelling of a library flag) are named with what they set.
-FACES = {"search": "search", "export-best": "export_best", "predict": "predict", "score": "score",
-         "studies": "studies", "dashboard": "dashboard", "report": "report", "label-issues": "label_issues",
-         "eda": "eda", "make-demo-data": "make_demo_data", "weights import": "import_weights"}
+FACES = {"search": "search", "export-best": "export_best", "export-onnx": "export_onnx_folder",
+         "predict": "predict", "score": "score", "studies": "studies", "dashboard": "dashboard", "report": "report",
+         "label-issues": "label_issues", "eda": "eda", "make-demo-data": "make_demo_data",
+         "weights import": "import_weights", "replay": "replay"}
 CLI_ONLY = {"as_json": "prints JSON", "no_checkpoints": "checkpoints=False", "no_export": "export=False"}
 
 

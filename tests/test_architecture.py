@@ -22,6 +22,7 @@ PACKAGES = {"search": "maskopt.search", "storage": "maskopt.storage", "maskopt":
 # Lower rank first: a module may import modules of its own rank or lower.
 LAYERS = [
     ("maskopt.errors", 0),
+    ("maskopt.files", 0),
     ("maskopt.storage", 1),
     ("maskopt.search.data", 1),
     ("maskopt.search.train", 2),

@@ -76,6 +76,103 @@ def test_non_utf8_space_file(tmp_path):
     _assert_clean_failure(_search(space, tmp_path), "UTF-8")
 
 
+# Spaces that would fail (or silently misread) every trial. Each would otherwise run: the data is given.
+SEARCHED_LR = "params:\n  lr: {low: 1.0e-4, high: 1.0e-1, log: true}\n"
+EVERY_TRIAL_FAILS = {
+    "tpe gamma": ("study:\n  sampler: {name: tpe, gamma: 1}\n", "study.sampler.gamma: got 1",
+                  "a space file cannot give"),
+    "constraints_func": ("study:\n  sampler: {name: tpe, constraints_func: 1}\n", "study.sampler.constraints_func",
+                         "n_startup_trials, n_ei_candidates"),
+    "fails when sampling": ("study:\n  sampler: {name: cmaes, popsize: 1}\n" + SEARCHED_LR,
+                            "study.sampler: got {'name': 'cmaes', 'popsize': 1}", "with popsize: 1 it fails"),
+    "negative startup": ("study:\n  sampler: {name: tpe, n_startup_trials: -1}\n",
+                         "study.sampler.n_startup_trials: got -1", "at least 0"),
+    "negative warmup steps": ("study:\n  pruner: {name: median, n_warmup_steps: -2}\n",
+                              "study.pruner.n_warmup_steps: got -2", "at least 0"),
+    "reduction factor 1": ("study:\n  pruner: {name: hyperband, reduction_factor: 1}\n",
+                           "study.pruner.reduction_factor: got 1", "at least 2"),
+    "study list": ("study: []\n", "study: got []", "leave study: out or write study: {}"),
+    "params list": ("params: []\n", "params: got []", "leave params: out or write params: {}"),
+    "negative seed": ("study:\n  seed: -1\n", "study.seed: got -1", "from 0 to 4294967295"),
+    "seed 2**32": ("study:\n  seed: 4294967296\n", "study.seed: got 4294967296", "from 0 to 4294967295"),
+    "endless warm-up": ("study:\n  warmup_epochs: 1.0e+308\n", "study.warmup_epochs: got 1e+308",
+                        "0 to study.epochs (10)"),
+    "batch of one": ("params:\n  batch_size: 1\n", "params.batch_size: got 1", "BatchNorm cannot train on one"),
+    "choice of one": ("params:\n  batch_size: [16, 1]\n", "params.batch_size[1]: got 1", "BatchNorm"),
+    "lr twice": ("params:\n  lr: 0.1\n  loss: ce\n  lr: 0.2\n", "line 4: the key 'lr' is given twice",
+                 "first on line 2"),
+    "study twice": ("study:\n  epochs: 2\nparams: {}\nstudy:\n  epochs: 3\n", "line 4: the key 'study'",
+                    "first on line 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(EVERY_TRIAL_FAILS))
+def test_a_space_that_would_fail_every_trial_is_refused_before_anything_is_written(tmp_path, write_space, demo_data,
+                                                                                   case):
+    text, *needles = EVERY_TRIAL_FAILS[case]
+    space = write_space(raw=text)
+    _assert_clean_failure(_search(space, tmp_path, "--data", str(demo_data)), f"Error: {space}", *needles)
+    assert not (tmp_path / "x.db").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_rerun_at_the_largest_seed_and_worker_index_runs(tmp_path, write_space, space_dict, demo_data, cache_dir):
+    """The sampler's seed (seed + 1000 x worker index + finished trials) wraps at numpy's 2**32."""
+    import optuna
+
+    from maskopt.search.study.runner import MAX_WORKER_INDEX
+
+    space = write_space(raw=space_dict(study={"seed": 2**32 - 1, "data": str(demo_data)},
+                                       params={"lr": {"low": 1.0e-4, "high": 1.0e-1, "log": True}}))
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    for total in (1, 2):
+        result = CliRunner().invoke(cli, ["search", "--space", str(space), "--storage", url, "--trials", str(total),
+                                          "--device", "cpu", "--cache-dir", str(cache_dir), "--no-export", "--quiet",
+                                          "--threads", "1", "--worker-index", str(MAX_WORKER_INDEX)])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].params["lr"] != trials[1].params["lr"], "the rerun's sampler was seeded anew"
+
+
+def test_sampler_seeds_stay_below_2_32_and_apart_at_the_largest_seed_and_worker_index():
+    import optuna
+
+    from maskopt.search.study.runner import MAX_WORKER_INDEX, sampler_seed
+
+    study = optuna.create_study()
+    seeds = set()
+    for _ in range(3):  # 0, 1 and 2 finished trials
+        for worker in (0, 1, MAX_WORKER_INDEX - 1, MAX_WORKER_INDEX):
+            seed = sampler_seed(2**32 - 1, worker, study)
+            assert 0 <= seed < 2**32
+            seeds.add(seed)
+        study.tell(study.ask(), 0.5)
+    assert len(seeds) == 12
+
+
+@pytest.mark.parametrize("option, value", [("--worker-index", "100000000"), ("--worker-index", "4294967"),
+                                           ("--worker-index", "-1"), ("--seed", "-1"), ("--seed", "4294967296")])
+def test_worker_index_or_seed_out_of_range_is_a_usage_error(tmp_path, write_space, demo_data, option, value):
+    result = _search(write_space(), tmp_path, "--data", str(demo_data), option, value)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_the_library_refuses_a_seed_or_worker_index_out_of_range_before_anything_is_written(tmp_path, write_space,
+                                                                                             demo_data):
+    import maskopt
+    from maskopt.errors import MaskoptError, SpaceError
+
+    common = dict(trials=1, data=demo_data, storage=f"sqlite:///{tmp_path / 'x.db'}", cache_dir=tmp_path / "cache",
+                  export=False, quiet=True)
+    with pytest.raises(SpaceError, match=r"^`seed`: got -1; expected a whole number from 0 to 4294967295"):
+        maskopt.search(write_space(), seed=-1, **common)
+    with pytest.raises(MaskoptError, match=r"^`worker_index` must be from 0 to 4294966, got 4294967$"):
+        maskopt.search(write_space(), worker_index=4_294_967, **common)
+    assert not (tmp_path / "x.db").exists() and not (tmp_path / "cache").exists()
+
+
 # --- datasets -----------------------------------------------------------------------------------
 
 

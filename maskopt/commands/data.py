@@ -5,12 +5,18 @@ from __future__ import annotations
 import click
 
 
+# Copies of maskopt.search.data.demo.ARGUMENT_RANGES: importing it here would load numpy and PIL for
+# every `maskopt --help`. tests/search/data/test_demo_data.py checks that they match.
+PERSONS, EVAL_PERSONS, SIZE, SEED = (2, 100_000), (1, 100_000), (16, 1024), (0, 2**32 - 1)
+
+
 @click.command("make-demo-data")
 @click.argument("out", type=click.Path(file_okay=False, writable=True))
-@click.option("--persons", type=click.IntRange(min=2), default=400, show_default=True, help="Train persons.")
-@click.option("--eval-persons", type=click.IntRange(min=1), default=60, show_default=True, help="Eval persons.")
-@click.option("--size", type=click.IntRange(min=16), default=96, show_default=True, help="Photo side in pixels.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same files.")
+@click.option("--persons", type=click.IntRange(*PERSONS), default=400, show_default=True, help="Train persons.")
+@click.option("--eval-persons", type=click.IntRange(*EVAL_PERSONS), default=60, show_default=True,
+              help="Eval persons.")
+@click.option("--size", type=click.IntRange(*SIZE), default=96, show_default=True, help="Photo side in pixels.")
+@click.option("--seed", type=click.IntRange(*SEED), default=0, show_default=True, help="Same seed, same files.")
 @click.option("--label-noise", type=float, default=0.0, show_default=True, metavar="P",
               help="Share of train persons (0 <= P < 1) given a wrong label, listed in label_noise.csv.")
 def make_demo_data(out: str, persons: int, eval_persons: int, size: int, seed: int, label_noise: float) -> None:

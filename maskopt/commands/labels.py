@@ -7,6 +7,7 @@ import json
 import click
 
 from maskopt.commands.options import artifacts_option, storage_option
+from maskopt.files import printable
 
 
 @click.command("label-issues")
@@ -49,14 +50,15 @@ def label_issues(storage, study, data, artifacts, top, limit, write_corrections,
 
 
 def echo_report(report, written) -> str:
+    """The report as lines; names from the data (images, persons, classes) with control characters escaped."""
     trials = ", ".join(str(t) for t in report.trials)
     lines = [f"study {report.study_name!r}: {report.total_issues} of {report.images} training images look "
              f"mislabelled (out-of-fold predictions of trial{'s' if len(report.trials) > 1 else ''} {trials}, "
              f"macro F1 {report.oof_macro_f1:.4f})"]
     if report.issues:
         header = ("rank", "image", "person", "given", "predicted", "confidence")
-        rows = [(str(i.rank), i.image_id, i.person, i.given_name, i.predicted_name, f"{i.self_confidence:.3f}")
-                for i in report.issues]
+        rows = [(str(i.rank), *map(printable, (i.image_id, i.person, i.given_name, i.predicted_name)),
+                 f"{i.self_confidence:.3f}") for i in report.issues]
         widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
         lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
                   "  ".join("-" * w for w in widths)]
@@ -68,10 +70,10 @@ def echo_report(report, written) -> str:
         drafted = [s for s in report.suggestions if s.fix is not None]
         listed = [s for s in report.suggestions if s.fix is None]
         lines += ["", f"{len(drafted)} correction(s) drafted, {len(listed)} other suspect person(s) listed:"]
-        lines += [f"  {s.person:<12} {s.fix or '(' + s.kind + ', no fix)':<24} {s.evidence}"
+        lines += [f"  {printable(s.person):<12} {s.fix or '(' + s.kind + ', no fix)':<24} {printable(s.evidence)}"
                   for s in drafted + listed]
         if written is not None:
-            lines += ["", f"wrote a DRAFT corrections file: {written} ({len(drafted)} drafted fix(es)"
+            lines += ["", f"wrote a DRAFT corrections file: {printable(written)} ({len(drafted)} drafted fix(es)"
                           + (f" on top of the study's {len(report.existing_corrections)} correction(s)"
                              if report.existing_corrections else "") + ")",
                       "  Review every row (look at the images) before using it as study.corrections in the space."]

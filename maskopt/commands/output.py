@@ -3,10 +3,11 @@
 The library logs (``logging``, under ``maskopt``) and never prints; the command line is the
 program, so it decides: INFO lines to stdout, warnings to stderr as ``warning: ...``, the
 dataset's notes as ``note: ...``, every `parameter` a message names shown as its option
-(--parameter), and through ``tqdm.write`` so that lines never break a progress bar. Optuna's own
-INFO lines would only repeat maskopt's, so a command shows its errors alone. Both settings are
-restored when the command ends: a test or a script that runs several commands in one process
-sees no leftover handler.
+(--parameter), every character that could drive the terminal escaped (:func:`shown`: a class,
+parameter or file name from the data or the storage may hold any), and through ``tqdm.write`` so
+that lines never break a progress bar. Optuna's own INFO lines would only repeat maskopt's, so a
+command shows its errors alone. Both settings are restored when the command ends: a test or a
+script that runs several commands in one process sees no leftover handler.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 
+from maskopt.files import printable
+
 _quiet = contextvars.ContextVar("maskopt_quiet", default=False)
 NOTES_LOGGER = "maskopt.search.notes"
 
@@ -26,13 +29,20 @@ def be_quiet() -> None:
     _quiet.set(True)
 
 
+def shown(text: str) -> str:
+    """``text`` as the command line prints it: its lines kept, every other character that is not
+    printable (an escape sequence, a bell, a carriage return) written as ``\\x1b`` and the like."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def line_of(record: logging.LogRecord) -> str:
     """A log record as the command line prints it: ``warning: ...``, ``note: ...`` or the message."""
+    message = shown(record.getMessage())
     if record.levelno >= logging.WARNING:
-        return f"warning: {record.getMessage()}"
+        return f"warning: {message}"
     if record.name == NOTES_LOGGER:
-        return f"note: {record.getMessage()}"
-    return record.getMessage()
+        return f"note: {message}"
+    return message
 
 
 class _CommandHandler(logging.Handler):

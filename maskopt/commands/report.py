@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from maskopt.commands.options import artifacts_option, storage_option
+from maskopt.files import printable
 
 
 @click.command()
@@ -30,4 +31,4 @@ def report(storage, study, out, solution, artifacts):
     from maskopt.search.report.html import report as write_report
 
     path = write_report(storage=storage, study=study, out=out, solution=solution, artifacts=artifacts)
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {printable(path)}")

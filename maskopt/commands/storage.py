@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from maskopt.commands.options import artifacts_option, storage_option
+from maskopt.files import printable
 
 _WIDTH = 80
 
@@ -29,7 +30,7 @@ def studies(storage, as_json):
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
         return
-    url = redact(resolve_url(storage))
+    url = printable(redact(resolve_url(storage)))
     if not summaries:
         click.echo(f"No studies in {url}. Create one with `maskopt search`.")
         return
@@ -38,7 +39,8 @@ def studies(storage, as_json):
 
 
 def _table(summaries) -> str:
-    """Rows that fit in 80 columns; names too long for the room left are cut."""
+    """Rows that fit in 80 columns; names too long for the room left are cut, and names made by
+    another program than maskopt have their control characters escaped (``\\x1b``)."""
     headers = ("DIR", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "BEST")
     rows = [
         (
@@ -53,14 +55,15 @@ def _table(summaries) -> str:
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     room = _WIDTH - sum(w + 2 for w in widths)
-    name_width = min(room, max(4, *(len(s.name) for s in summaries)))
-    names = [_cut(s.name, name_width) for s in summaries]
+    full_names = [printable(s.name) for s in summaries]
+    name_width = min(room, max(4, *(len(n) for n in full_names)))
+    names = [_cut(n, name_width) for n in full_names]
 
     def line(name, cells):
         return "  ".join([name.ljust(name_width), *(c.rjust(w) for c, w in zip(cells, widths))])
 
     lines = [line("NAME", headers), *(line(n, r) for n, r in zip(names, rows))]
-    if any(len(s.name) > name_width for s in summaries):
+    if any(len(n) > name_width for n in full_names):
         lines.append("(long names are cut; --json shows them whole)")
     return "\n".join(lines)
 

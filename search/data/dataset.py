@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +21,13 @@ import numpy as np
 
 from maskopt.errors import DataError, shorten
 from maskopt.search.data import labels as L
+from maskopt.search.data.regular import MISSING, open_regular, path_problem
 
 LAYOUTS = ("auto", "competition", "csv", "folders")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 COMPETITION_IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
+CSV_COLUMNS = ("path", "label", "group")
 CORRECTION_FIXES = ("male", "female", "swap_incorrect_normal")
 MAX_LISTED_PROBLEMS = 20
 
@@ -85,7 +89,8 @@ class ImageDataset:
         """Hash of the relative image paths, labels and groups: which data a model was trained on."""
         h = hashlib.sha256(self.layout.encode())
         for path, label, group in zip(self.relative_paths(), self.labels, self.groups):
-            h.update(f"\n{path}\t{label}\t{group}".encode())
+            # surrogateescape: a file name may hold bytes that are not UTF-8 (they are hashed as they are).
+            h.update(f"\n{path}\t{label}\t{group}".encode(errors="surrogateescape"))
         return h.hexdigest()[:16]
 
     def without_groups(self, groups, reason: str) -> ImageDataset:
@@ -114,8 +119,13 @@ class EvalSet:
 
 def detect_layout(root: Path) -> str:
     """``competition`` if ``train/train.csv`` or ``train/images/`` exists, ``csv`` for a CSV file
-    (or a folder holding exactly one), otherwise ``folders``."""
+    (or a folder holding exactly one), otherwise ``folders``.
+
+    Raises:
+        DataError: ``root`` is neither a folder nor a regular file (missing, a FIFO, a device).
+    """
     root = Path(root)
+    _check_root(root)
     if root.is_file():
         return "csv"
     # train/images alone counts too: a competition tree that lost its train.csv must fail with
@@ -148,8 +158,7 @@ def load_dataset(
         DataError: The folder is missing, malformed, or empty; every problem is listed.
     """
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"dataset not found: {root} does not exist; give the dataset folder or CSV file")
+    _check_root(root)
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
     if layout == "auto":
@@ -173,6 +182,14 @@ def load_dataset(
     return dataset
 
 
+def _check_root(root: Path) -> None:
+    problem = path_problem(root, "a dataset folder or CSV file",
+                           is_wanted=lambda mode: stat.S_ISDIR(mode) or stat.S_ISREG(mode))
+    if problem is not None:
+        raise DataError(("dataset not found: " if problem == MISSING else "")
+                        + f"{root} {problem}; give the dataset folder or CSV file")
+
+
 # --- the competition layout --------------------------------------------------------------------
 
 
@@ -184,23 +201,42 @@ def _load_competition(root: Path, *, corrections, exclude_broken: bool) -> Image
 
     paths, labels, groups, ages = [], [], [], []
     problems: dict[str, list[str]] = {}  # person id -> problems
+    first_row_of: dict[object, tuple[int, str, tuple[str, ...]]] = {}  # person folder -> (line, person, values)
+    repeated: list[str] = []  # "line 9 repeats line 2"
     for line, row in rows:
         where = f"{train_csv}, line {line}"
         person = row["id"].strip()
+        folder = images_dir / row["path"].strip()
+        # Two rows naming one folder would count its photos twice; with other values, also under
+        # two labels or two persons, so one photo could sit in training and validation of a fold.
+        values = tuple(row[column].strip() for column in TRAIN_COLUMNS)
+        first = first_row_of.setdefault(_identity(folder), (line, person, values))
+        if first[0] != line:
+            if first[2] == values:
+                repeated.append(f"line {line} repeats line {first[0]}")
+            else:
+                clash = (f"{train_csv}, lines {first[0]} and {line}: both name the folder {shorten(str(folder), 200)} "
+                         "with different values; keep one of the two rows")
+                for who in dict.fromkeys((first[1], person)):  # once when both rows name one person
+                    problems.setdefault(who, []).append(clash)
+            continue
         found = []
         gender = row["gender"].strip()
         if gender not in L.GENDERS:
-            found.append(f"{where}: unknown gender {gender!r} (allowed: {', '.join(L.GENDERS)})")
+            found.append(f"{where}: unknown gender {shorten(gender)!r} (allowed: {', '.join(L.GENDERS)})")
         age_text = row["age"].strip()
+        # Without leading zeros, and at most 4 digits: int() refuses more than 4300 digits with a traceback.
+        age_digits = age_text.lstrip("0")[:4] or "0"
         # isascii: str.isdigit also accepts characters such as '²' that int() rejects.
         if not (age_text.isascii() and age_text.isdigit()):
-            found.append(f"{where}: age {age_text!r} is not a whole number of years")
-        folder = images_dir / row["path"].strip()
+            found.append(f"{where}: age {shorten(age_text)!r} is not a whole number of years")
+        elif int(age_digits) > L.MAX_AGE:
+            found.append(f"{where}: age {shorten(age_text)} is outside 0..{L.MAX_AGE} years; correct it")
         stems = _person_images(folder, where, found)
         if found:
             problems.setdefault(person, []).extend(found)
             continue
-        age = int(age_text)
+        age = int(age_digits)
         fix = fixes.get(person)
         if fix in ("male", "female"):
             gender = fix
@@ -218,17 +254,26 @@ def _load_competition(root: Path, *, corrections, exclude_broken: bool) -> Image
         if images_dir.is_dir() else 0
     if hidden:
         notes.append(f"skipped {hidden} hidden file(s) (names starting with '.', such as macOS '._' files)")
+    if repeated:
+        notes.append(f"{train_csv} lists {len(repeated)} person row(s) twice ({', '.join(repeated[:5])}"
+                     + (", ..." if len(repeated) > 5 else "") + "): each person folder is counted once")
+    notes.extend(_unread_columns(train_csv, rows, TRAIN_COLUMNS))
     if fixes:
         notes.extend(_describe_corrections(fixes, set(groups)))
     if problems:
-        flat = [p for person_problems in problems.values() for p in person_problems]
-        if not exclude_broken or not paths:
+        # dict.fromkeys: a clash of two persons' rows is one problem, listed under both.
+        flat = list(dict.fromkeys(p for person_problems in problems.values() for p in person_problems))
+        # A person id may name several folders (the real data's 003397 does): one broken folder
+        # excludes the person whole, so no image of it trains under a person the notes call excluded.
+        keep = [i for i, person in enumerate(groups) if person not in problems]
+        if not exclude_broken or not keep:
             # Excluding every person would leave only "holds no images"; the problems say why.
             raise DataError(
                 format_problems(f"{len(flat)} problem(s) in {train_csv} and its image folders", flat)
                 + (f"\nFix them, or {EXCLUDE_BROKEN_HINT} to leave those persons out." if not exclude_broken
                    else "\nEvery person has a problem, so excluding them would leave nothing; fix them.")
             )
+        paths, labels, groups, ages = ([values[i] for i in keep] for values in (paths, labels, groups, ages))
         notes.append(f"excluded {len(problems)} person(s) with problems: " + "; ".join(flat[:5])
                      + (" ..." if len(flat) > 5 else ""))
     return ImageDataset(
@@ -245,9 +290,10 @@ def _load_competition(root: Path, *, corrections, exclude_broken: bool) -> Image
 
 def _person_images(folder: Path, where: str, problems: list[str]) -> dict[str, Path]:
     """The seven images of a person folder by stem, matched by stem whatever the extension."""
-    if not folder.is_dir():
-        problems.append(f"{where}: image folder {folder} does not exist (the path column names a folder "
-                        "under train/images)")
+    problem = path_problem(folder, "a folder", is_wanted=stat.S_ISDIR)
+    if problem is not None:
+        problems.append(f"{where}: image folder {shorten(str(folder), 200)} {problem} (the path column names a "
+                        "folder under train/images)")
         return {}
     by_stem: dict[str, list[Path]] = {}
     for p in folder.iterdir():
@@ -261,6 +307,8 @@ def _person_images(folder: Path, where: str, problems: list[str]) -> dict[str, P
         elif len(files) > 1:
             names = ", ".join(sorted(f.name for f in files))
             problems.append(f"{folder}: {len(files)} files for {stem!r} ({names}); keep one")
+        elif (problem := path_problem(files[0])) is not None:
+            problems.append(f"{files[0]} {problem}; replace it with the photo")
     return {stem: files[0] for stem, files in by_stem.items() if len(files) == 1}
 
 
@@ -306,12 +354,15 @@ def load_eval(root: str | Path) -> EvalSet:
     for line, row in rows:
         image_id = row["ImageID"].strip()
         path = images_dir / image_id
-        if not path.is_file():
-            missing.append(f"{info_csv}, line {line}: {path} is missing")
+        problem = path_problem(path)
+        if problem is not None:
+            missing.append(f"{info_csv}, line {line}: {shorten(str(path), 200)} "
+                           + ("is missing" if problem == MISSING else problem))
         ids.append(image_id)
         paths.append(path)
     if missing:
-        raise DataError(format_problems(f"{len(missing)} eval image(s) named in {info_csv} are missing", missing))
+        raise DataError(format_problems(f"{len(missing)} eval image(s) named in {info_csv} are missing or not "
+                                        "image files", missing))
     if not ids:
         raise DataError(f"{info_csv} lists no images")
     return EvalSet(image_ids=tuple(ids), paths=tuple(paths), info_csv=info_csv)
@@ -330,35 +381,91 @@ def _load_csv(root: Path) -> ImageDataset:
         csv_path = csvs[0]
     rows = _read_csv(csv_path, required=("path", "label"))
     paths, names, groups, problems = [], [], [], []
+    first_row_of: dict[object, tuple[int, str, str]] = {}  # image file -> (line, label, group)
+    repeated: list[str] = []  # "line 9 repeats line 2"
     for line, row in rows:
+        where = f"{csv_path}, line {line}"
         path = csv_path.parent / row["path"].strip()
-        if not path.is_file():
-            problems.append(f"{csv_path}, line {line}: image {path} does not exist")
+        label, group = row["label"].strip(), row.get("group", "").strip()
+        problem = path_problem(path)
+        if problem is not None:
+            problems.append(f"{where}: image {shorten(str(path), 200)} {problem}")
             continue
-        if not row["label"].strip():
-            problems.append(f"{csv_path}, line {line}: the label is empty")
+        if not label:
+            problems.append(f"{where}: the label is empty")
+            continue
+        # One photo under two labels or groups would sit in training and validation of a fold.
+        first = first_row_of.setdefault(_identity(path), (line, label, group))
+        if first[0] != line:
+            if first[1:] == (label, group):
+                repeated.append(f"line {line} repeats line {first[0]}")
+            else:
+                problems.append(f"{csv_path}, lines {first[0]} and {line}: image {shorten(str(path), 200)} twice, "
+                                f"with label/group {shorten(first[1])!r}/{shorten(first[2])!r} and "
+                                f"{shorten(label)!r}/{shorten(group)!r}; keep one of the two rows")
             continue
         paths.append(path)
-        names.append(row["label"].strip())
+        names.append(label)
         # Without a group column every image is its own group.
-        groups.append(row.get("group", "").strip() or str(path))
+        groups.append(group or str(path))
     if problems:
         raise DataError(format_problems(f"{len(problems)} problem(s) in {csv_path}", problems)
                         + "\nPaths are relative to the CSV file's folder; fix or remove those rows.")
-    return _from_names(csv_path, "csv", paths, names, groups)
+    notes = _unread_columns(csv_path, rows, CSV_COLUMNS)
+    if repeated:
+        notes.append(f"{csv_path} lists {len(repeated)} image(s) twice with the same label and group "
+                     f"({', '.join(repeated[:5])}" + (", ..." if len(repeated) > 5 else "") + "): each is used once")
+    return _from_names(csv_path, "csv", paths, names, groups, notes)
 
 
 def _load_folders(root: Path) -> ImageDataset:
-    paths, names = [], []
+    """Images under ``root/<class>/`` (subfolders included); a class folder without images is no class.
+
+    A class nothing trains on would still be one output of the model and one term of macro F1,
+    scored zero whatever the model does; so an empty class folder is left out, with a note.
+    """
+    paths, names, problems, notes = [], [], [], []
+    first_class_of: dict[object, tuple[Path, str]] = {}  # image file -> (path, class)
+    repeated: list[str] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = class_dir.name
+        try:
+            name.encode()
+        except UnicodeEncodeError:  # exports and predictions write class names as UTF-8 text
+            problems.append(f"class folder {class_dir}: its name is not valid UTF-8; rename it")
+            continue
+        found = 0
         for p in sorted(class_dir.rglob("*")):
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(p)
-                names.append(class_dir.name)
-    return _from_names(root, "folders", paths, names, [str(p) for p in paths])
+            if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or p.is_dir():
+                continue
+            problem = path_problem(p)
+            if problem is not None:
+                problems.append(f"{p} {problem}")
+                continue
+            found += 1
+            first = first_class_of.setdefault(_identity(p), (p, name))
+            if first[0] != p:  # one file under two names: a link, or a folder linked into another
+                if first[1] == name:
+                    repeated.append(f"{p} is {first[0]}")
+                else:
+                    problems.append(f"{p} is the same file as {first[0]}, in class "
+                                    f"{name!r} and {first[1]!r}; keep it in one class")
+                continue
+            paths.append(p)
+            names.append(name)
+        if not found:
+            notes.append(f"class folder {shorten(name)!r} holds no image ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
+                         "it is left out, as no class")
+    if problems:
+        raise DataError(format_problems(f"{len(problems)} problem(s) in the class folders of {root}", problems)
+                        + "\nReplace those entries with image files, or remove them.")
+    if repeated:
+        notes.append(f"{len(repeated)} image(s) appear twice in one class under another name "
+                     f"({'; '.join(repeated[:3])}" + ("; ..." if len(repeated) > 3 else "") + "): each is used once")
+    return _from_names(root, "folders", paths, names, [str(p) for p in paths], notes)
 
 
-def _from_names(root: Path, layout: str, paths, names, groups) -> ImageDataset:
+def _from_names(root: Path, layout: str, paths, names, groups, notes: list[str]) -> ImageDataset:
     class_names = tuple(sorted(set(names), key=_natural_key))
     if len(paths) and len(class_names) < 2:
         raise DataError(
@@ -374,6 +481,7 @@ def _from_names(root: Path, layout: str, paths, names, groups) -> ImageDataset:
         labels=np.asarray([index[n] for n in names], dtype=np.int64),
         groups=np.asarray(groups, dtype=object),
         class_names=class_names,
+        notes=tuple(notes),
     )
 
 
@@ -382,10 +490,12 @@ def _from_names(root: Path, layout: str, paths, names, groups) -> ImageDataset:
 
 def _read_csv(path: Path, *, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     """Rows of a CSV file with their line numbers; every value stays a string (ids keep zeros)."""
-    if not path.is_file():
-        raise DataError(f"{path} is missing; check the path, it must be a CSV file with columns {','.join(required)}")
+    problem = path_problem(path, "a CSV file")
+    if problem is not None:
+        raise DataError(f"{path} " + ("is missing; check the path, it must be" if problem == MISSING
+                                      else f"{problem}; give") + f" a CSV file with columns {','.join(required)}")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with io.TextIOWrapper(open_regular(path), newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             # DictReader keeps only the last of two same-named columns, silently dropping the other.
@@ -404,13 +514,40 @@ def _read_csv(path: Path, *, required: tuple[str, ...]) -> list[tuple[int, dict[
             rows = [(reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path} cannot be read as a UTF-8 CSV file ({e}); save it as UTF-8 CSV") from e
-    # DictReader fills the fields a short row lacks with None, which would crash far from here.
-    short = [f"{path}, line {line}: {sum(v is not None for k, v in row.items() if k is not None)} field(s), "
-             f"expected {len(header)}" for line, row in rows if any(v is None for v in row.values())]
-    if short:
-        raise DataError(format_problems(f"{len(short)} row(s) of {path} are too short", short)
-                        + "\nEvery row needs a value (possibly empty) for each column of the header.")
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e}); check its permissions") from None
+    # DictReader fills the fields a short row lacks with None and keeps a long row's extra fields
+    # under the key None: either would go wrong far from here (a path holding an unquoted comma).
+    # Empty extra fields (trailing commas) hold nothing to lose.
+    mismatched = [f"{path}, line {line}: {_field_count(row)} field(s), expected {len(header)}" for line, row in rows
+                  if any(v is None for v in row.values()) or any(v.strip() for v in row.get(None, ()))]
+    if mismatched:
+        raise DataError(format_problems(f"{len(mismatched)} row(s) of {path} do not match its header", mismatched)
+                        + "\nEvery row needs one value (possibly empty) for each column of the header; quote a "
+                        "value that holds a comma.")
     return rows
+
+
+def _field_count(row: dict) -> int:
+    return sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, ()))
+
+
+def _unread_columns(path: Path, rows, read: tuple[str, ...]) -> list[str]:
+    """A note naming the columns of a CSV file that maskopt does not read, if any."""
+    extra = [c for c in (rows[0][1] if rows else {}) if c is not None and c not in read]
+    if not extra:
+        return []
+    return [(f"{path.name} has column(s) {shorten(', '.join(extra), 200)} that maskopt does not read "
+             f"(it reads {', '.join(read)})")]
+
+
+def _identity(path: Path) -> object:
+    """What makes two paths the same file (a link, ``./a.png`` and ``a.png``): its device and inode."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # not there: its problem is reported elsewhere; the name is what it has
+        return str(path)
+    return st.st_dev, st.st_ino
 
 
 def _visible_csvs(folder: Path) -> list[Path]:

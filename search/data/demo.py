@@ -52,6 +52,9 @@ TRAIN_HEADER = ("id", "gender", "race", "age", "path")
 EVAL_HEADER = ("ImageID", "ans")
 LABEL_NOISE_FILE = "label_noise.csv"
 LABEL_NOISE_HEADER = ("person", "field", "true", "given")
+# make_demo_data's whole-number arguments: (least, greatest). Bounded above so that a typo cannot ask
+# for terabytes of photos; seeds, like numpy's, take 32 bits.
+ARGUMENT_RANGES = {"persons": (2, 100_000), "eval_persons": (1, 100_000), "size": (16, 1024), "seed": (0, 2**32 - 1)}
 
 _FEMALE_SHARE = 0.6
 _AGE_60_SHARE = 0.07
@@ -173,10 +176,10 @@ def make_demo_data(
 
     Args:
         out: Folder to create; it must not exist or be empty.
-        persons: Train persons, at least 2; from 10 on, every quirk of the real data appears.
-        eval_persons: Eval persons, at least 1.
-        size: Width and height of the square RGB photos in pixels, at least 16.
-        seed: Non-negative seed; the same seed gives byte-identical files.
+        persons: Train persons, 2 to 100,000; from 10 on, every quirk of the real data appears.
+        eval_persons: Eval persons, 1 to 100,000.
+        size: Width and height of the square RGB photos in pixels, 16 to 1024.
+        seed: Seed, 0 to 2**32 - 1; the same seed gives byte-identical files.
         label_noise: Share of train persons with a flipped label, in [0, 1); at 0 (the
             default) the files are exactly those of a dataset made without it, and there is no
             ``label_noise.csv``.
@@ -186,18 +189,13 @@ def make_demo_data(
         A summary of the counts written.
 
     Raises:
-        DataError: ``out`` exists and is not an empty folder, or ``label_noise`` is not a
-            number in [0, 1).
-        ValueError: Another argument is out of range.
+        DataError: ``out`` exists and is not an empty folder, ``label_noise`` is not a number
+            in [0, 1), or another argument is not a whole number in its range.
     """
-    if persons < 2:
-        raise ValueError(f"persons must be at least 2, got {persons}")
-    if eval_persons < 1:
-        raise ValueError(f"eval_persons must be at least 1, got {eval_persons}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16, got {size}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    for name, value in (("persons", persons), ("eval_persons", eval_persons), ("size", size), ("seed", seed)):
+        low, high = ARGUMENT_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise DataError(f"`{name}` must be a whole number from {low} to {high}, got {value!r}")
     if not (isinstance(label_noise, numbers.Real) and 0 <= label_noise < 1):  # NaN fails too
         raise DataError(
             f"label noise must be a share of train persons from 0 up to (not including) 1, got {label_noise!r}; "

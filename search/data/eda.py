@@ -10,13 +10,17 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageOps
+from PIL import ExifTags, Image, ImageDraw, ImageOps
 
 from maskopt.errors import shorten
+from maskopt.files import printable
 from maskopt.search.data import labels as L
+from maskopt.search.data.cache import upright_rgb
 from maskopt.search.data.dataset import ImageDataset, load_dataset
+from maskopt.search.data.regular import open_regular
 
 AGE_BINS = (18, 20, 25, 30, 35, 40, 45, 50, 55, 58, 60, 61)
+SIDEWAYS_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that turn the picture by 90 degrees
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
     """Counts, imbalance, ages, image sizes and extensions of a dataset, with its reading notes.
 
     Load it with ``exclude_broken=True`` so that problems show up in the notes instead of failing.
+    Names and paths are made printable (a class folder's name may hold terminal escape sequences).
     """
     counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
     nonzero = counts[counts > 0]
@@ -77,20 +82,21 @@ def summarise_dataset(dataset: ImageDataset) -> DatasetSummary:
             sizes["unreadable"] += 1
             unreadable.append(f"unreadable image {path}: {reason}")
     return DatasetSummary(
-        root=str(dataset.root),
+        root=printable(dataset.root),
         layout=dataset.layout,
         groups=len(set(dataset.groups)),
         images=len(dataset),
-        class_names=list(dataset.class_names),
+        class_names=[printable(name) for name in dataset.class_names],
         class_counts=counts.tolist(),
         task_counts=_task_counts(dataset),
         imbalance_ratio=round(float(nonzero.max() / nonzero.min()), 2) if len(nonzero) else 0.0,
         age_histogram=_age_histogram(dataset),
         image_sizes=dict(sizes.most_common()),
-        extensions=dict(Counter(p.suffix.lower() for p in dataset.paths).most_common()),
-        notes=list(dataset.notes) + ([f"{sizes['unreadable']} image(s) cannot be opened as images; a search "
-                                      "fails on them unless study.exclude_broken leaves their groups out"]
-                                     if sizes["unreadable"] else []) + unreadable,
+        extensions=dict(Counter(printable(p.suffix.lower()) for p in dataset.paths).most_common()),
+        notes=[printable(note) for note in dataset.notes]
+        + ([(f"{sizes['unreadable']} image(s) cannot be opened as images; a search fails on them unless "
+             "study.exclude_broken leaves their groups out")] if sizes["unreadable"] else [])
+        + [printable(line) for line in unreadable],
     )
 
 
@@ -100,7 +106,8 @@ def _too_many_pixels(width: int, height: int) -> bool:
 
 
 def _probe(path) -> tuple[tuple[int, int] | None, str | None]:
-    """``((width, height), None)`` of an image from its header, or ``(None, why it is unreadable)``.
+    """``((width, height), None)`` of an image as shown upright, from its header, or
+    ``(None, why it is unreadable)``.
 
     Pillow raises DecompressionBombError (not an OSError) above twice its pixel limit and only
     warns between one and two times it; both count as unreadable here, since decoding such a
@@ -110,15 +117,18 @@ def _probe(path) -> tuple[tuple[int, int] | None, str | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reported below instead
-            with Image.open(path) as img:  # reads the header only
+            with open_regular(path) as f, Image.open(f) as img:  # reads the header only
                 width, height = img.size
+                if _too_many_pixels(width, height):
+                    return None, (f"{width}x{height} is more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
+                                  "(a decompression bomb?)")
+                # After the pixel check: a PNG's EXIF may follow its pixels, so reading it decodes them.
+                if img.getexif().get(ExifTags.Base.Orientation) in SIDEWAYS_ORIENTATIONS:
+                    width, height = height, width
     except Image.DecompressionBombError:
         return None, f"more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
     except (OSError, ValueError, SyntaxError) as e:  # Pillow's plugins raise all three on bad headers
         return None, f"not an image Pillow can open ({shorten(str(e) or type(e).__name__)})"
-    if _too_many_pixels(width, height):
-        return None, (f"{width}x{height} is more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
-                      "(a decompression bomb?)")
     return (width, height), None
 
 
@@ -194,10 +204,11 @@ def _sample_grid(dataset: ImageDataset, samples_per_class: int, rng: np.random.G
 
     cell = thumb + 4
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = 8 + int(max(measure.textlength(name) for name in dataset.class_names))
+    names = [printable(name) for name in dataset.class_names]
+    label_width = 8 + int(max(measure.textlength(name) for name in names))
     grid = Image.new("RGB", (label_width + samples_per_class * cell, dataset.num_classes * cell), "white")
     draw = ImageDraw.Draw(grid)
-    for c, name in enumerate(dataset.class_names):
+    for c, name in enumerate(names):
         top = c * cell + 2
         draw.text((4, top + thumb // 2 - 6), name, fill="black")
         members = np.flatnonzero(dataset.labels == c)
@@ -208,8 +219,8 @@ def _sample_grid(dataset: ImageDataset, samples_per_class: int, rng: np.random.G
                 # _probe first: decoding a decompression bomb here would take gigabytes.
                 if _probe(dataset.paths[i])[1] is not None:
                     raise OSError("unreadable")
-                with Image.open(dataset.paths[i]) as img:
-                    picture = ImageOps.contain(img.convert("RGB"), (thumb, thumb))  # whole photo, aspect kept
+                with open_regular(dataset.paths[i]) as f, Image.open(f) as img:
+                    picture = ImageOps.contain(upright_rgb(img), (thumb, thumb))  # whole photo, aspect kept
                 grid.paste(picture, (left + (thumb - picture.width) // 2, top + (thumb - picture.height) // 2))
             except (OSError, ValueError, SyntaxError):  # eda describes broken data too; the summary lists it
                 draw.text((left + 2, top + thumb // 2 - 6), "unreadable", fill="red")

@@ -21,6 +21,8 @@ MASK_NAMES = ("wear", "incorrect", "not wear")
 GENDER_NAMES = ("male", "female")
 AGE_NAMES = ("<30", "30-59", ">=60")
 NUM_CLASSES = 18
+MAX_AGE = 150
+"""Ages above are refused as typos (an age of 5000 digits is no person's)."""
 
 
 def age_band(age, old: int = OFFICIAL_AGE_OLD):

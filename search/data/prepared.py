@@ -43,13 +43,21 @@ class PreparedData:
     def images(self, image_size: int, device=None):
         """``uint8 [N, 3, S, S]`` tensor of every image at ``image_size``, memoised.
 
-        On CUDA the tensor lives on the GPU, so batches are gathered and augmented there.
+        On CUDA the tensor lives on the GPU, so batches are gathered and augmented there: each
+        worker process holds its own copy there. On the host, when no person is excluded, the
+        tensor is the cache file's memory map itself, so all workers on the machine share one
+        copy of the pixels (the kernel's page cache) instead of one each. The map is
+        copy-on-write: nothing writes to it, and a write would stay in this process.
         """
 
         key = (image_size, str(device))
         if key not in self._tensors:
             cache = load_images(self.source_paths, image_size=image_size, cache_dir=self.cache_dir, progress=self.progress)
-            tensor = torch.from_numpy(np.ascontiguousarray(cache.images[self.rows]))
+            if np.array_equal(self.rows, np.arange(len(cache.images))):
+                array = np.load(cache.images.filename, mmap_mode="c")
+            else:  # persons excluded: gather the rows kept, in this process's own memory
+                array = np.ascontiguousarray(cache.images[self.rows])
+            tensor = torch.from_numpy(array)
             if device is not None and torch.device(device).type == "cuda":
                 tensor = tensor.to(device)
             self._tensors[key] = tensor

@@ -8,19 +8,20 @@ may come from anywhere: a shared drive, a download), and :meth:`ExportConfig.to_
 
 The JSON keeps the keys and values of every export written so far (``maskopt-export/1``); the
 keys that only say where the model came from (study, trial, scores, versions) may be missing
-in a hand-made export, and are then None.
+in a hand-made export, and are then None. The ``onnx`` key (:class:`OnnxFile`) is there only when the
+export holds an ONNX graph of its models (``export-best --onnx``, ``export-onnx``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from maskopt.errors import ExportError, MaskoptError, shorten
+from maskopt.files import write_atomically
 from maskopt.search.data import labels as L
 
 CONFIG_FILE = "config.json"
@@ -32,6 +33,17 @@ _MAX_CLASSES = 10_000
 _MAX_MODELS = 64
 _IMAGE_SIZES = (8, 1024)
 _MAX_OFFSET = 100
+
+INPUT_NAME = "images"
+"""An export's ONNX graph's input: ``uint8 [batch, 3, image_size, image_size]``, RGB pixels."""
+
+OUTPUT_NAMES = ("probs", "scores")
+"""The graph's outputs, both ``float32 [batch, num_classes]``: the averaged class probabilities, and
+``log(max(probs, 1e-7)) + class_offsets``, whose argmax is maskopt's predicted class."""
+
+OPSETS = (13, 20)
+"""The ONNX opsets maskopt writes: from 13, ONNX's Softmax is torch's (over one axis); 20 is the most
+torch's TorchScript exporter writes."""
 
 
 def show_value(value, limit: int = 80) -> str:
@@ -63,17 +75,13 @@ def _number(value) -> bool:
     return type(value) in (int, float)
 
 
+def _share(value) -> bool:
+    return _finite_number(value) and 0 <= value <= 1
+
+
 def _write_json(model_dir: str | Path, data: dict) -> Path:
-    """Write ``config.json`` atomically: a temporary file in the same folder, renamed over it."""
-    path = Path(model_dir) / CONFIG_FILE
-    tmp = path.with_name(f".{CONFIG_FILE}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``config.json`` atomically (see :func:`maskopt.files.write_atomically`)."""
+    return write_atomically(Path(model_dir) / CONFIG_FILE, json.dumps(data, indent=2) + "\n", error=ExportError)
 
 
 def _drop_none(data: dict) -> dict:
@@ -82,6 +90,140 @@ def _drop_none(data: dict) -> dict:
 
 def _list(value):
     return None if value is None else list(value)
+
+
+
+# --- the ONNX graph's record ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxPreprocessing:
+    """What a deployer does to an image before the graph, for the export's config.
+
+    The graph's input is pixels, not a normalised tensor: mean and std are applied inside it, each
+    member with its own (so a deployer must not normalise; the member configs keep the values).
+
+    Attributes:
+        image_size: The side of the square input.
+        resize: ``shorter_side_bilinear``: the shorter side resized to ``image_size``, bilinear.
+            maskopt decodes with Pillow (``ImageOps.fit``); for JPEGs it first lets the decoder
+            downscale by a power of two (``Image.draft``), so another decoder's pixels differ a
+            little.
+        crop: ``centre``: the centred ``image_size`` square of the resized image.
+        channel_order, layout, input_dtype: ``RGB``, ``NCHW``, ``uint8`` (values 0..255).
+        normalisation: ``in_graph``.
+        input_name, outputs: The graph's input and output names.
+    """
+
+    image_size: int
+    resize: str = "shorter_side_bilinear"
+    crop: str = "centre"
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    input_dtype: str = "uint8"
+    normalisation: str = "in_graph"
+    input_name: str = INPUT_NAME
+    outputs: tuple[str, ...] = OUTPUT_NAMES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data, where: str, *, image_size: int) -> OnnxPreprocessing:
+        """The checked record of a config's JSON object.
+
+        Args:
+            data: The parsed JSON value.
+            where: Names it in messages (the file and key).
+            image_size: The export's image size (already checked), which the record must repeat.
+
+        Raises:
+            ExportError: A key is missing, unknown, or holds another value than maskopt writes.
+        """
+        if not isinstance(data, dict):
+            raise ExportError(f"{where} must be a JSON object, got {show_value(data)}")
+        expected = cls(image_size=image_size).to_dict()
+        unknown = sorted(set(data) - set(expected))
+        if unknown:
+            raise ExportError(f"{where}: unknown key(s) {show_value(unknown)}; known: {', '.join(expected)}")
+        for key, value in expected.items():
+            if type(data.get(key)) is not type(value) or data.get(key) != value:  # type: True is not 1
+                what = "the export's image size" if key == "image_size" else "the only value this maskopt writes"
+                raise ExportError(f"{where}: {key!r} must be {value!r} ({what}), got {show_value(data.get(key))}")
+        return cls(image_size=image_size)
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """PyTorch against onnxruntime on the same images.
+
+    Attributes:
+        images: How many images both ran on.
+        max_abs_score_diff: Largest difference of the ``scores`` (log-probabilities plus offsets).
+        top1_agreement: Share of images whose argmax agrees.
+        torch_macro_f1, onnx_macro_f1: Macro F1 of each against the labels (None without labels).
+        tolerance: The largest accepted ``max_abs_score_diff``.
+        passed: ``max_abs_score_diff <= tolerance`` (False when onnxruntime returned NaN).
+    """
+
+    images: int
+    max_abs_score_diff: float
+    top1_agreement: float
+    torch_macro_f1: float | None
+    onnx_macro_f1: float | None
+    tolerance: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data, where: str) -> OnnxCheck:
+        """The checked record of a config's JSON object, one rule per field.
+
+        Raises:
+            ExportError: A key is missing or unknown, or holds a value no check produces.
+        """
+        rules = {
+            "images": ("a whole number above 0", lambda v: type(v) is int and v > 0),
+            "max_abs_score_diff": ("a number from 0", lambda v: _finite_number(v) and v >= 0),
+            "top1_agreement": ("a number from 0 to 1", _share),
+            "torch_macro_f1": ("a number from 0 to 1, or null", lambda v: v is None or _share(v)),
+            "onnx_macro_f1": ("a number from 0 to 1, or null", lambda v: v is None or _share(v)),
+            "tolerance": ("a number above 0", lambda v: _finite_number(v) and v > 0),
+            "passed": ("true or false", lambda v: isinstance(v, bool)),
+        }
+        if not isinstance(data, dict):
+            raise ExportError(f"{where} must be a JSON object, got {show_value(data)}")
+        unknown = sorted(set(data) - set(rules))
+        if unknown:
+            raise ExportError(f"{where}: unknown key(s) {show_value(unknown)}; known: {', '.join(rules)}")
+        for key, (expected, ok) in rules.items():
+            if key not in data or not ok(data[key]):
+                got = "it is missing" if key not in data else f"got {show_value(data[key])}"
+                raise ExportError(f"{where}: {key!r} must be {expected}; {got}")
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxFile:
+    """The ONNX graph of an export's models: ``config.json``'s ``onnx`` key.
+
+    Attributes:
+        file: The ``.onnx`` file's name in the export folder.
+        opset: The ONNX opset it was written with.
+        preprocessing: What to feed it.
+        check: How it compared with PyTorch when it was written.
+    """
+
+    file: str
+    opset: int
+    preprocessing: OnnxPreprocessing
+    check: OnnxCheck
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "opset": self.opset, "preprocessing": self.preprocessing.to_dict(),
+                "check": self.check.to_dict()}
 
 
 # --- the two kinds of export -----------------------------------------------------------------------
@@ -104,6 +246,7 @@ class ExportConfig:
         dataset_fingerprint, versions: The data and library versions it was trained with.
         class_offsets: Per-class offsets added to the log-probabilities (``--calibrate``).
         calibration: What the offsets are worth on out-of-fold predictions.
+        onnx: The export's ONNX graph of its models, when it has one.
     """
 
     backbone: str
@@ -128,6 +271,7 @@ class ExportConfig:
     versions: dict[str, str] | None = None
     class_offsets: tuple[float, ...] | None = None
     calibration: dict[str, Any] | None = None
+    onnx: OnnxFile | None = None
     format: str = EXPORT_FORMAT
 
     @classmethod
@@ -151,6 +295,7 @@ class ExportConfig:
             "epochs": list(self.epochs) if isinstance(self.epochs, tuple) else self.epochs,
             "dataset_fingerprint": self.dataset_fingerprint, "versions": self.versions, "tta": self.tta,
             "class_offsets": _list(self.class_offsets), "calibration": self.calibration,
+            "onnx": None if self.onnx is None else self.onnx.to_dict(),
         })
 
     def to_json(self, model_dir: str | Path) -> Path:
@@ -194,6 +339,7 @@ class EnsembleConfig:
     versions: dict[str, str] | None = None
     class_offsets: tuple[float, ...] | None = None
     calibration: dict[str, Any] | None = None
+    onnx: OnnxFile | None = None
     format: str = EXPORT_FORMAT
 
     @classmethod
@@ -217,6 +363,7 @@ class EnsembleConfig:
             "trial": self.trial, "cv_macro_f1": self.cv_macro_f1, "ensemble": self.ensemble,
             "dataset_fingerprint": self.dataset_fingerprint, "versions": self.versions, "tta": self.tta,
             "class_offsets": _list(self.class_offsets), "calibration": self.calibration,
+            "onnx": None if self.onnx is None else self.onnx.to_dict(),
         })
 
     def to_json(self, model_dir: str | Path) -> Path:
@@ -338,7 +485,7 @@ class _Reader:
             where = f"{self.path}: key 'models': {show_value(name)}"
             if not name.endswith(".safetensors"):
                 raise ExportError(f"{where} is not a .safetensors file")
-            if Path(name).is_absolute() or ".." in Path(name).parts:
+            if Path(name).is_absolute() or ".." in Path(name).parts or "\0" in name:  # NUL: no path can hold it
                 raise ExportError(f"{where} must be a file name inside the export folder")
             file = (model_dir / name).resolve()
             if not file.is_relative_to(root):  # a symlink out of the folder
@@ -347,18 +494,20 @@ class _Reader:
                 raise ExportError(f"{where}: no such file in {model_dir}")
         return tuple(models)
 
-    def members(self, model_dir: Path, class_names: tuple[str, ...]) -> tuple[MemberRef, ...]:
-        """An ensemble's ``members``: folders inside the export, positive weights, matching classes."""
+    def members(self, model_dir: Path, class_names: tuple[str, ...]) -> tuple[tuple[MemberRef, ...], set[int]]:
+        """An ensemble's ``members`` (folders inside the export, positive weights, matching classes),
+        and the image sizes they take."""
         members = self.raw["members"]
         if (not isinstance(members, list) or not 0 < len(members) <= _MAX_MODELS
                 or not all(isinstance(m, dict) for m in members)):
             raise self.bad("members", f"a list of 1..{_MAX_MODELS} objects with 'folder' and 'weight'")
         root = model_dir.resolve()
-        refs = []
+        refs, sizes = [], set()
         for m in members:
             folder, weight, trial = m.get("folder"), m.get("weight"), m.get("trial")
             where = f"{self.path}: key 'members': folder {show_value(folder)}"
-            if not isinstance(folder, str) or not folder or Path(folder).name != folder or folder in (".", ".."):
+            if (not isinstance(folder, str) or not folder or Path(folder).name != folder or folder in (".", "..")
+                    or "\0" in folder):
                 raise ExportError(f"{where} must be the name of a folder inside the export")
             if not (model_dir / folder).resolve().is_relative_to(root):
                 raise ExportError(f"{where} leads outside the export folder")
@@ -370,7 +519,41 @@ class _Reader:
             if member.class_names != class_names:
                 raise ExportError(f"{where} has other classes than the ensemble's class_names")
             refs.append(MemberRef(folder, weight, trial))
-        return tuple(refs)
+            sizes.add(member.image_size)
+        return tuple(refs), sizes
+
+    def onnx(self, model_dir: Path, image_sizes: set[int]) -> OnnxFile | None:
+        """The ``onnx`` key: a ``.onnx`` file in the folder, an opset maskopt writes, the records of
+        its input and its check; None when absent (an export without a graph, or from before them)."""
+        if "onnx" not in self.raw:
+            return None
+        raw = self.raw["onnx"]
+        keys = ("file", "opset", "preprocessing", "check")
+        if not isinstance(raw, dict):
+            raise self.bad("onnx", f"a JSON object with {', '.join(map(repr, keys))}")
+        where = f"{self.path}: key 'onnx'"
+        unknown = sorted(set(raw) - set(keys))
+        if unknown:
+            raise ExportError(f"{where}: unknown key(s) {show_value(unknown)}; known: {', '.join(keys)}")
+        name = raw.get("file")
+        if not isinstance(name, str) or not name.endswith(".onnx") or Path(name).name != name or "\0" in name:
+            raise ExportError(f"{where}: 'file' must be the name of a .onnx file inside the export folder, "
+                              f"got {show_value(name)}")
+        file = (model_dir / name).resolve()
+        if not file.is_relative_to(model_dir.resolve()):  # a symlink out of the folder
+            raise ExportError(f"{where}: 'file' {show_value(name)} leads outside the export folder, to {file}")
+        if not file.is_file():
+            raise ExportError(f"{where}: 'file' {show_value(name)} is missing or not a regular file in {model_dir}")
+        opset = raw.get("opset")
+        if type(opset) is not int or not OPSETS[0] <= opset <= OPSETS[1]:
+            raise ExportError(f"{where}: 'opset' must be an integer {OPSETS[0]}..{OPSETS[1]}, got {show_value(opset)}")
+        if len(image_sizes) != 1:
+            raise ExportError(f"{where}: an ONNX graph takes one image size, and the members take "
+                              f"{', '.join(map(str, sorted(image_sizes)))} px")
+        preprocessing = OnnxPreprocessing.from_dict(raw.get("preprocessing"), f"{where}: 'preprocessing'",
+                                                    image_size=min(image_sizes))
+        return OnnxFile(file=name, opset=opset, preprocessing=preprocessing,
+                        check=OnnxCheck.from_dict(raw.get("check"), f"{where}: 'check'"))
 
     # Keys that say where the model came from: None when missing (a hand-made export), checked when present.
 
@@ -432,12 +615,12 @@ def _read(model_dir: Path, *, allow_members: bool) -> ExportConfig | EnsembleCon
     if "members" in raw:
         if not allow_members:
             raise r.bad("members", "absent in an ensemble member's config (members do not nest)")
-        members = r.members(model_dir, class_names)
+        members, sizes = r.members(model_dir, class_names)
         return EnsembleConfig(
             **shared, members=members, layout=r.text("layout"), study=r.text("study"), trial=r.whole("trial"),
             cv_macro_f1=r.number("cv_macro_f1"), ensemble=r.mapping("ensemble"),
             dataset_fingerprint=r.text("dataset_fingerprint"), versions=r.versions(),
-            calibration=r.mapping("calibration"))
+            calibration=r.mapping("calibration"), onnx=r.onnx(model_dir, sizes))
     backbone = r.backbone()
     head = r.head(num_classes)
     image_size = r.integer("image_size", *_IMAGE_SIZES)
@@ -449,4 +632,4 @@ def _read(model_dir: Path, *, allow_members: bool) -> ExportConfig | EnsembleCon
         age_old_official=r.whole("age_old_official"), study=r.text("study"), trial=r.whole("trial"),
         params=r.mapping("params"), cv_macro_f1=r.number("cv_macro_f1"), fold_macro_f1=r.numbers("fold_macro_f1"),
         epochs=r.epochs(), dataset_fingerprint=r.text("dataset_fingerprint"), versions=r.versions(),
-        calibration=r.mapping("calibration"))
+        calibration=r.mapping("calibration"), onnx=r.onnx(model_dir, {image_size}))

@@ -22,7 +22,7 @@ import html
 import io
 import json
 import math
-import os
+import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import plotly.io
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 from plotly.offline import get_plotlyjs
 
 from maskopt.errors import ExportError, MaskoptError
+from maskopt.files import write_atomically
 from maskopt.search.data import labels as L
 from maskopt.search.export.config import read_export_config
 from maskopt.search.export.predict import SUBMISSION_FILE
@@ -65,7 +67,8 @@ def report(*, storage: str | None = None, study: str | None = None, out: str | P
             a missing SQLite file is an error, not a new empty database.
         study: The study's name; may be omitted when the storage holds one study.
         out: The HTML file to write (its folder is created). Written to a temporary file that
-            is renamed into place, so a failed report never leaves half a page.
+            is renamed into place, so a failed report never leaves half a page; a symlink, a
+            device or a folder there is refused and left as it is.
         solution: A competition solution file (``ImageID,ans``); the study's exported
             ``submission.csv`` is scored against it.
         artifacts: The folder the search stored out-of-fold predictions in (None:
@@ -76,7 +79,7 @@ def report(*, storage: str | None = None, study: str | None = None, out: str | P
 
     Raises:
         StorageError: No such storage or study.
-        MaskoptError: The study has several objectives.
+        MaskoptError: ``out`` cannot be written.
         ExportError: ``solution`` is missing or malformed, or the export's submission does not
             match it.
 
@@ -90,19 +93,11 @@ def report(*, storage: str | None = None, study: str | None = None, out: str | P
                           f"(ImageID,ans) with `solution`, or leave it out")
     url = resolve_url(storage)
     record = StudyRecord.open(url, study)
-    if len(record.study.directions) != 1:
-        raise MaskoptError(f"study {record.name!r} has {len(record.study.directions)} objectives; maskopt report "
-                           f"covers single-objective studies (such as those `maskopt search` makes)")
     facts = _Facts.of(record)
     export = _export_section(record, solution)  # scores first: a bad solution file fails before writing
     suspects = _suspects_section(record, artifacts)
     page = _page(record, facts, redact(url), export, suspects)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_atomically(out, page)
 
 
 # --- facts --------------------------------------------------------------------------------------
@@ -133,6 +128,11 @@ class _Facts:
     @property
     def complete(self) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state == TrialState.COMPLETE]
+
+    @property
+    def finished_records(self) -> list[TrialRecord]:
+        """Complete trials that ran every fold, as records."""
+        return [r for r in map(TrialRecord.of, self.complete) if r.ran_every_fold]
 
     @classmethod
     def of(cls, record: StudyRecord) -> _Facts:
@@ -182,6 +182,7 @@ def _page(record: StudyRecord, facts: _Facts, url: str, export: str, suspects: s
         ("slice", "Slice plots", _slice_section(study, facts)),
         ("intermediate", "Intermediate values", _plot_section(_intermediate_figure, study, facts)),
         ("top", f"Top {TOP_N} trials", _top_table(facts)),
+        ("pareto", "Accuracy against latency", _plot_section(_pareto_figure, study, facts)),
         ("best", "Best trial: out-of-fold errors", _best_section(record, facts)),
         ("suspects", "Suspect labels", suspects or _skipped("Not computed.")),
         ("export", "Exported model", export),
@@ -301,8 +302,36 @@ def _figure_html(figure, key: str, height: int | None = None, css: str = "plot",
     figure.update_xaxes(**grid)
     figure.update_yaxes(**grid)
     config = {**PLOT_CONFIG, "displayModeBar": "hover" if modebar else False}
-    div = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{key}", config=config)
+    # Plotly draws titles, ticks, names and hover text as HTML, and Optuna puts the stored parameter
+    # names and values there: every string is escaped.
+    div = plotly.io.to_html(_escaped(figure.to_plotly_json()), full_html=False, include_plotlyjs=False,
+                            div_id=_element_id(key), config=config, validate=False)
     return f'<div class="{css}" data-plot="{_e(key)}">{div}</div>'
+
+
+def _element_id(key: str) -> str:
+    """``plot-<key>`` with every character but ASCII letters, digits and ``-`` written as ``_<hex>_``:
+    plotly puts the id unescaped in an attribute and in the page's script, and each key keeps its own."""
+    return "plot-" + re.sub(r"[^A-Za-z0-9-]", lambda m: f"_{ord(m.group()):x}_", key)
+
+
+_PLOTLY_TAGS = ("<br>", "<extra>", "</extra>")
+"""Plotly's own markup in the hover templates Optuna writes, kept as markup."""
+
+
+def _escaped(value, key: str = ""):
+    """A figure's JSON with every string HTML-escaped (``key``: the property it belongs to)."""
+    if isinstance(value, str):
+        text = html.escape(value, quote=False)
+        if key == "hovertemplate":
+            for tag in _PLOTLY_TAGS:
+                text = text.replace(html.escape(tag), tag)
+        return text
+    if isinstance(value, dict):
+        return {k: _escaped(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OUS"):
+        return [_escaped(v, key) for v in value]
+    return value
 
 
 def _skipped(sentence: str) -> str:
@@ -316,10 +345,47 @@ def _need_complete(facts: _Facts, n: int = 1) -> None:
                     f"{' (every finished trial was pruned)' if not have and facts.by_state['PRUNED'] else ''}.")
 
 
+# Macro F1 is every maskopt study's first value, with one objective or several (then Optuna's plots
+# need to be told which value to draw).
+_F1 = {"target": lambda trial: trial.values[0], "target_name": OBJECTIVE_NAME}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the ``(macro F1, latency)`` points no other point beats: at least as accurate and
+    at least as fast, and better in one of the two. Sorted fastest first."""
+    front = [i for i, (f1, ms) in enumerate(points)
+             if not any(g >= f1 and m <= ms and (g > f1 or m < ms) for g, m in points)]
+    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
+
+
+def _pareto_figure(study, facts):
+    import plotly.graph_objects as go
+
+    timed = [t for t in facts.finished_records if t.value is not None and t.latency and 1 in t.latency.ms_per_image]
+    if len(timed) < 2:
+        raise _Skip("This needs at least 2 complete trials with a recorded CPU latency (maskopt records it for "
+                    "every trial since the latency objective came).")
+    points = [(t.value, t.latency.ms_per_image[1]) for t in timed]
+    front = pareto_front(points)
+    labels = [f"trial {t.number}<br>" + "<br>".join(f"{k}={format_value(v)}" for k, v in t.params.items())
+              for t in timed]
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=[p[1] for p in points], y=[p[0] for p in points], mode="markers", name="trials",
+                                text=labels, hovertemplate="%{text}<br>%{y:.4f} macro F1, %{x:.3g} ms<extra></extra>",
+                                marker=dict(color="#a5b4fc", size=8)))
+    figure.add_trace(go.Scatter(x=[points[i][1] for i in front], y=[points[i][0] for i in front],
+                                mode="lines+markers", name="Pareto front", text=[labels[i] for i in front],
+                                hovertemplate="%{text}<br>%{y:.4f} macro F1, %{x:.3g} ms<extra></extra>",
+                                marker=dict(color="#4f46e5", size=10), line=dict(shape="hv")))
+    figure.update_layout(xaxis_title="CPU latency, ms per image (batch 1, one thread)", yaxis_title=OBJECTIVE_NAME,
+                         height=420)
+    return figure
+
+
 def _history_figure(study, facts):
 
     _need_complete(facts)
-    figure = optuna.visualization.plot_optimization_history(study, target_name=OBJECTIVE_NAME)
+    figure = optuna.visualization.plot_optimization_history(study, **_F1)
     if len(facts.trials) <= 15:
         figure.update_xaxes(dtick=1)  # no half trials on the axis
     return figure
@@ -333,7 +399,7 @@ def _importance_figure(study, facts):
     if not varying:
         raise _Skip("Importances need complete trials whose parameters differ; every complete trial has the same ones.")
     try:
-        figure = optuna.visualization.plot_param_importances(study, params=varying, target_name=OBJECTIVE_NAME)
+        figure = optuna.visualization.plot_param_importances(study, params=varying, **_F1)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         raise _Skip(f"Optuna could not estimate importances from {len(facts.complete)} complete trials ({e}); "
                     f"run more trials.") from e
@@ -346,7 +412,7 @@ def _parallel_figure(study, facts):
     _need_complete(facts)
     if not facts.params:
         raise _Skip("The study searches no parameter.")
-    return optuna.visualization.plot_parallel_coordinate(study, target_name=OBJECTIVE_NAME)
+    return optuna.visualization.plot_parallel_coordinate(study, **_F1)
 
 
 def _intermediate_figure(study, facts):
@@ -369,7 +435,7 @@ def _slice_section(study: optuna.Study, facts: _Facts) -> str:
     for name in facts.params:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            figure = optuna.visualization.plot_slice(study, params=[name], target_name=OBJECTIVE_NAME)
+            figure = optuna.visualization.plot_slice(study, params=[name], **_F1)
         figure.update_traces(marker=dict(showscale=False))
         figure.update_layout(xaxis_title=name, yaxis_title=None)
         cells.append(_figure_html(figure, f"slice-{name}", height=280, css="plot small", modebar=False))
@@ -385,15 +451,19 @@ def _top_table(facts: _Facts) -> str:
     if not facts.top:
         return _skipped("No trial has finished every fold yet, so there is nothing to rank.")
     n_folds = max([facts.folds or 0] + [len(t.fold_f1) for t in facts.top])
-    head = (["#", "trial", "macro F1"] + [f"fold {k + 1}" for k in range(n_folds)] + ["± std", "time", "img/s"]
-            + facts.params)
+    head = (["#", "trial", "macro F1"] + [f"fold {k + 1}" for k in range(n_folds)]
+            + ["± std", "time", "img/s", "CPU ms/img (1 · 32)", "params"] + facts.params)
     rows = []
     for rank, t in enumerate(facts.top, start=1):
         folds = [float(v) for v in t.fold_f1]
         cells = [str(rank), str(t.number), f'<b>{t.value:.4f}</b>']
         cells += [f"{folds[k]:.4f}" if k < len(folds) else "" for k in range(n_folds)]
+        latency = t.latency
         cells += [f"{np.std(folds):.4f}" if folds else "", _duration(t.seconds),
-                  f"{t.images_per_second or 0:,.0f}"]
+                  f"{t.images_per_second or 0:,.0f}{_gpu_share(t)}",
+                  " · ".join(f"{latency.ms_per_image[b]:.2f}" if b in latency.ms_per_image else "–" for b in (1, 32))
+                  if latency else "–",
+                  f"{latency.params / 1e6:.2f} M" if latency else "–"]
         row = "".join(f"<td>{c}</td>" for c in cells)
         row += "".join(f'<td class="param">{_e(format_value(t.params.get(p, "")))}</td>' for p in facts.params)
         rows.append(f"<tr>{row}</tr>")
@@ -401,7 +471,19 @@ def _top_table(facts: _Facts) -> str:
                      for i, h in enumerate(head))
     return (f'<div class="scroll"><table class="data top"><thead><tr>{header}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>'
-            f'<p class="hint">Complete trials that ran every fold, best first; macro F1 is the mean over folds.</p>')
+            f'<p class="hint">Complete trials that ran every fold, best first; macro F1 is the mean over folds. '
+            f'CPU ms/img: inference latency of the architecture at its image size on one CPU thread, per image at '
+            f'batch 1 and 32 (the median of repeated runs on the machine that trained it).</p>')
+
+
+def _gpu_share(t: TrialRecord) -> str:
+    """`` · GPU g ×k`` when a worker trained the trial on GPU g, given to k workers of its machine (itself
+    included), else nothing."""
+    share = t.device_share
+    if share is None:
+        return ""
+    title = f"trained on GPU {share.gpu}, given to {_count(share.workers, 'worker')} of its machine"
+    return f' · <span title="{_e(title)}">GPU {_e(share.gpu)} ×{share.workers}</span>'
 
 
 # --- best trial: confusion matrices -------------------------------------------------------------
@@ -413,7 +495,8 @@ def _best_section(record: StudyRecord, facts: _Facts) -> str:
         return _skipped("No complete trial yet.")
     confusion = best.confusion
     if not confusion:
-        return _skipped(f"Trial {best.number} has no out-of-fold predictions recorded (no `confusion` attribute).")
+        return _skipped(f"Trial {best.number} has no out-of-fold predictions recorded (its `confusion` attribute is "
+                        f"missing, or is not a square matrix of counts).")
     matrix = np.asarray(confusion, dtype=np.int64)
     n = len(matrix)
     competition = n == L.NUM_CLASSES and _is_competition(record, facts)

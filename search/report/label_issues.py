@@ -21,6 +21,7 @@ draft for a person to review, not a verdict.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from maskopt.errors import LabelIssuesError
+from maskopt.files import check_target, write_atomically
 from maskopt.search.data import labels as L
 from maskopt.search.data.dataset import _read_corrections
 from maskopt.search.study.oof import find_label_issues, load_oof
@@ -365,30 +367,23 @@ def write_corrections_draft(report: LabelIssueReport, path: str | Path, *, force
 
     Holds the corrections the study was run with plus the drafted fixes
     (:func:`merged_corrections`), so it can replace ``study.corrections`` in the space.
-    Written to a temporary file renamed over ``path``.
+    Written to a temporary file renamed over ``path`` (:func:`maskopt.files.write_atomically`).
 
     Raises:
         LabelIssuesError: The dataset is not in the competition layout, or ``path`` exists and
-            ``force`` is not set (the file is left as it is), or it is a folder.
+            ``force`` is not set (the file is left as it is), or it is not a regular file (a
+            folder, a symlink, a device: left as it is), or it cannot be written.
     """
     path = Path(path)
     if report.layout != "competition":
         raise LabelIssuesError(f"label corrections apply to the competition layout only, but {report.data} is a "
                                f"{report.layout} dataset; there is no corrections file to draft")
-    if path.is_dir():
-        raise LabelIssuesError(f"{path} is a folder; give a file name for the corrections draft")
+    check_target(path, error=LabelIssuesError, option="write_corrections")
     if path.exists() and not force:
         raise LabelIssuesError(f"{path} already exists and was left as it is; pass `force` to replace it, "
                                f"or give another file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(("id", "fix"))
-            writer.writerows(merged_corrections(report).items())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(("id", "fix"))
+    writer.writerows(merged_corrections(report).items())
+    return write_atomically(path, text.getvalue(), error=LabelIssuesError, option="write_corrections")

@@ -11,6 +11,7 @@ from maskopt.search.space.schema import (
     SearchSpace,
     StudySettings,
     TrialParams,
+    check_seed,
     check_study_name,
     discrete_values,
     load_space,
@@ -18,5 +19,5 @@ from maskopt.search.space.schema import (
 )
 
 __all__ = ["PARAMS", "PRUNERS", "SAMPLERS", "Choice", "Component", "Constant", "PruningSteps", "Range", "SearchSpace",
-           "StudySettings", "TrialParams", "build_pruner", "build_sampler", "check_study_name", "discrete_values",
-           "load_space", "parse_space"]
+           "StudySettings", "TrialParams", "build_pruner", "build_sampler", "check_seed", "check_study_name",
+           "discrete_values", "load_space", "parse_space"]

@@ -1,4 +1,5 @@
-"""The sampler and pruner catalogue, and the step scheme that lets pruning act inside and across folds.
+"""The sampler and pruner catalogue, the rehearsals that try a space's sampler and pruner before a
+study uses them, and the step scheme that lets pruning act inside and across folds.
 
 Step scheme (``epoch`` reporting, used by every pruner but Wilcoxon): a trial with F folds of E
 epochs reports after every epoch, at step ``fold * E + epoch``, the mean over the folds started so
@@ -15,8 +16,11 @@ still learns from it; such trials are COMPLETE with ``pruned_after_folds`` set, 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +37,10 @@ SAMPLERS: dict[str, type] = {
     "gp": optuna.samplers.GPSampler,
     "qmc": optuna.samplers.QMCSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
 }
+# Samplers that handle several objectives (a space's ``objectives: [macro_f1, latency]``).
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "gp", "qmc", "nsga2")
 PRUNERS: dict[str, type] = {
     "median": optuna.pruners.MedianPruner,
     "percentile": optuna.pruners.PercentilePruner,
@@ -42,6 +49,26 @@ PRUNERS: dict[str, type] = {
     "wilcoxon": optuna.pruners.WilcoxonPruner,
     "none": optuna.pruners.NopPruner,
 }
+
+# The meaningful whole numbers of sampler and pruner options, by name (a name means the same in
+# every sampler and pruner): (least, greatest or None). Optuna takes some of these out of range
+# without a word, a negative n_startup_trials say, and fails or stalls in every trial on others
+# (hyperband's reduction_factor 1, or a million n_ei_candidates drawn for every parameter).
+OPTION_RANGES: dict[str, tuple[int, int | None]] = {
+    "n_startup_trials": (0, None),
+    "n_startup_steps": (0, None),
+    "n_warmup_steps": (0, None),
+    "interval_steps": (1, None),
+    "n_min_trials": (1, None),
+    "n_ei_candidates": (1, 10_000),
+    "min_resource": (1, None),
+    "max_resource": (1, None),
+    "reduction_factor": (2, None),
+    "min_early_stopping_rate": (0, None),
+    "bootstrap_count": (0, None),
+}
+REHEARSAL_TRIALS = 2  # trials a rehearsal runs after the sampler's start-up trial
+REHEARSAL_STEPS = 12  # at most this many reports per rehearsal trial
 
 
 def build_sampler(component: Component, *, seed: int) -> optuna.samplers.BaseSampler:
@@ -74,6 +101,70 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
         # Wilcoxon is marked experimental; it is chosen knowingly, and a warning per run is noise.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return PRUNERS[settings.pruner.name](**{**defaults, **settings.pruner.kwargs()})
+
+
+def rehearse_sampler(component: Component, *, seed: int, suggest: Callable[[optuna.Trial], object]) -> None:
+    """Build the sampler and let it sample a few trials of ``suggest`` on a throw-away in-memory study.
+
+    Some options pass the constructor and fail only when the sampler samples, that is in every
+    trial of a study. The start-up phase is cut to one trial, so the rehearsal takes
+    milliseconds (a second or two for ``gp``, which fits a Gaussian process per trial). A sampler
+    without options is Optuna's own default: it needs no rehearsal. Raises whatever the sampler
+    raises.
+    """
+    if not component.options:
+        return
+    options = component.kwargs()
+    if "n_startup_trials" in inspect.signature(SAMPLERS[component.name]).parameters:
+        options["n_startup_trials"] = min(options.get("n_startup_trials", 1), 1)
+    with _quietly():
+        sampler = build_sampler(dataclasses.replace(component, options=tuple(options.items())), seed=seed)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        for number in range(1 + REHEARSAL_TRIALS):
+            trial = study.ask()
+            suggest(trial)
+            study.tell(trial, _rehearsal_value(number, 0))
+
+
+def rehearse_pruner(settings: StudySettings) -> None:
+    """Build the study's pruner and let it judge a few trials' reports on a throw-away in-memory study.
+
+    Hyperband and successive halving check some options only when they first prune.
+    Raises whatever the pruner raises.
+    """
+    steps = PruningSteps.of(settings)
+    with _quietly():
+        study = optuna.create_study(direction="maximize", pruner=build_pruner(settings),
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        for number in range(1 + REHEARSAL_TRIALS):
+            trial = study.ask()
+            value = 0.0
+            for step in range(min(steps.last + 1, REHEARSAL_STEPS)):
+                value = _rehearsal_value(number, step)
+                trial.report(value, step)
+                if trial.should_prune():
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    break
+            else:
+                study.tell(trial, value)
+
+
+def _rehearsal_value(number: int, step: int) -> float:
+    """A made-up score in [0, 1): varied, so samplers and pruners have something to compare."""
+    return ((number * 7 + step * 3) % 10) / 10
+
+
+@contextlib.contextmanager
+def _quietly() -> Iterator[None]:
+    """No Optuna log lines or warnings: a rehearsal's study is nobody's business."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,12 @@ from maskopt.errors import MaskoptError, SpaceError, shorten
 from maskopt.search.data.dataset import LAYOUTS
 from maskopt.search.data.labels import OFFICIAL_AGE_OLD
 from maskopt.search.space.components import (
+    MULTI_OBJECTIVE_SAMPLERS,
+    OPTION_RANGES,
     PRUNERS,
     SAMPLERS,
-    build_pruner,
-    build_sampler,
+    rehearse_pruner,
+    rehearse_sampler,
 )
 from maskopt.search.train.losses import LOSSES
 from maskopt.search.train.models import HEADS, check_backbone
@@ -66,7 +68,8 @@ PARAMS: dict[str, ParamSpec] = {
     "backbone": ParamSpec(str, "resnet10t", "any timm model name"),
     "lr": ParamSpec(float, 1e-3, "peak learning rate", low=1e-8, high=10.0),
     "weight_decay": ParamSpec(float, 0.05, "decoupled weight decay", low=0.0, high=1.0),
-    "batch_size": ParamSpec(int, 32, "training batch size", low=1, high=4096),
+    "batch_size": ParamSpec(int, 32, "training batch size; at least 2, as BatchNorm cannot train on one image",
+                            low=2, high=4096),
     "freeze_depth": ParamSpec(int, 0, "leading backbone stages kept frozen (0 trains all)", low=0, high=16),
     "sampler": ParamSpec(str, "uniform", "training sampler", choices=tuple(CLASS_SAMPLERS)),
     "aug_strength": ParamSpec(float, 0.0, "augmentation strength (see search/train/augment.py)", low=0.0, high=1.0),
@@ -103,6 +106,16 @@ Dimension = Constant | Choice | Range
 
 # --- study settings -----------------------------------------------------------------------------
 
+# numpy's and scikit-learn's random generators take seeds below 2**32.
+MAX_SEED = 2**32 - 1
+SEED_ALLOWED = f"a whole number from 0 to {MAX_SEED} (2**32 - 1): it seeds the sampler, the folds and training"
+# Worker processes sharing one GPU: past a few they only queue for it, each holding its own copy of the images.
+# What a study can optimise: macro F1 always (first), and optionally the CPU inference latency of
+# the architecture at its image size (ms per image at batch 1, see search/train/latency.py).
+OBJECTIVES = ("macro_f1", "latency")
+MAX_WORKERS_PER_GPU = 16
+WORKERS_PER_GPU_ALLOWED = f"a whole number from 1 to {MAX_WORKERS_PER_GPU}: the worker processes sharing each GPU"
+
 @dataclass(frozen=True)
 class Component:
     """A sampler or pruner: its name and the keyword options given to its constructor."""
@@ -132,6 +145,13 @@ class StudySettings:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    workers_per_gpu: int = 1
+    objectives: tuple[str, ...] = ("macro_f1",)
+    max_latency_ms: float | None = None  # a trial whose latency at batch 1 exceeds it is infeasible
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     def train_config(self, **changes) -> TrainConfig:
         """What training takes from these settings (``changes`` override, e.g. ``epochs``)."""
@@ -189,6 +209,7 @@ class SearchSpace:
         for key in ("sampler", "pruner"):
             component = getattr(self.study, key)
             study[key] = {"name": component.name, **component.kwargs()}
+        study["objectives"] = list(self.study.objectives)
         return {"study": study, "params": {name: _dim_to_yaml(dim) for name, dim in self.dims.items()}}
 
 
@@ -229,7 +250,7 @@ def load_space(path: str | Path, *, check_names: bool = True) -> SearchSpace:
                          "save it as UTF-8 YAML") from e
     try:
         raw = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except _AliasRefused as e:
+    except _Refused as e:
         raise SpaceError(f"{path}, {e}") from e
     except yaml.YAMLError as e:
         raise SpaceError(f"{path} is not valid YAML: {shorten(str(e), 400)}") from e
@@ -241,24 +262,41 @@ def load_space(path: str | Path, *, check_names: bool = True) -> SearchSpace:
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses aliases (``*name``).
+    """A SafeLoader that refuses aliases (``*name``) and keys given twice in one mapping.
 
     Aliases let a few lines expand to billions of values ("billion laughs"), and every check and
     error message below walks the expanded values. A search space is short enough to write out,
     so refusing aliases costs nothing. Anchors alone (``&name``) are harmless and still load.
+    A key given twice would silently lose its first value to the last.
     """
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise _AliasRefused(f"line {event.start_mark.line + 1}: found the alias *{shorten(event.anchor)}; YAML "
-                                "aliases (*name) and merge keys (<<: *name) are not supported in a search space "
-                                "(a few lines of them can expand to billions of values): write the values out")
+            raise _Refused(f"line {event.start_mark.line + 1}: found the alias *{shorten(event.anchor)}; YAML "
+                           "aliases (*name) and merge keys (<<: *name) are not supported in a search space "
+                           "(a few lines of them can expand to billions of values): write the values out")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        first_lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # a merge key (<<) is not a key of its own
+                continue
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+            try:
+                repeated = key in first_lines
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if repeated:
+                raise _Refused(f"line {line}: the key {_shown(key)} is given twice in one mapping (first on line "
+                               f"{first_lines[key]}); YAML would keep only the last value: remove one of them")
+            first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
 
-class _AliasRefused(yaml.YAMLError):
-    """Raised by ``_NoAliasLoader`` on the first alias."""
+
+class _Refused(yaml.YAMLError):
+    """Raised by ``_NoAliasLoader`` on the first alias or repeated key."""
 
 
 # Every value shown in an error goes through _shown: a hostile or mistaken file may hold a huge
@@ -289,17 +327,37 @@ def _shown(value) -> str:
     return shorten(_REPR.repr(value))
 
 
-def parse_space(raw: Any, *, source: str = "<space>", check_names: bool = True) -> SearchSpace:
-    """Validate an already-parsed space (a dict with ``study`` and ``params``)."""
+def parse_space(raw: Any, *, source: str = "<space>", check_names: bool = True, stored: bool = False) -> SearchSpace:
+    """Validate an already-parsed space (a dict with ``study`` and ``params``).
+
+    ``stored``: a space read back from a study, which was checked in full when the study was made.
+    Its names are not looked up in timm again and its sampler and pruner not rehearsed: a newer
+    timm or Optuna must not lock an earlier study out of its report and export.
+    """
+    check_names = check_names and not stored
     v = _Validator(source)
     raw = v.mapping(raw, "", allowed=("study", "params"))
-    study = _parse_study(v, raw.get("study") or {})
-    params_raw = v.mapping(raw.get("params") or {}, "params", allowed=tuple(PARAMS))
+    study = _parse_study(v, _section(v, raw, "study"))
+    params_raw = v.mapping(_section(v, raw, "params"), "params", allowed=tuple(PARAMS))
     dims = {name: _parse_dim(v, name, params_raw[name]) if name in params_raw else Constant(PARAMS[name].default)
             for name in PARAMS}
     if check_names:
         _check_registry_names(v, dims)
-    return SearchSpace(study=study, dims=dims, source=source)
+    space = SearchSpace(study=study, dims=dims, source=source)
+    if not stored:
+        _rehearse_components(v, space)
+    return space
+
+
+def _section(v: _Validator, raw: dict, key: str) -> dict:
+    """A top-level section; left out or empty (``study:`` with nothing under it), it holds the defaults."""
+    section = raw.get(key)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        v.fail(key, section, f"a mapping of keys to values (for all the defaults, leave {key}: out or write "
+                             f"{key}: {{}})")
+    return section
 
 
 def _parse_study(v: _Validator, raw) -> StudySettings:
@@ -316,6 +374,10 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
             values[key] = None if value is None else v.typed(value, str, where)
         elif key == "layout":
             values[key] = v.one_of(value, LAYOUTS, where)
+        elif key == "objectives":
+            values[key] = _parse_objectives(v, value)
+        elif key == "max_latency_ms":
+            values[key] = None if value is None else v.typed(value, float, where)
         else:
             values[key] = v.typed(value, type(default), where)
     settings = dataclasses.replace(defaults, **values)
@@ -323,16 +385,55 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
         v.fail("study.folds", settings.folds, "at least 2")
     if settings.epochs < 1:
         v.fail("study.epochs", settings.epochs, "at least 1")
-    if settings.warmup_epochs < 0:
-        v.fail("study.warmup_epochs", settings.warmup_epochs, "0 or more")
+    if not 0 <= settings.seed <= MAX_SEED:
+        v.fail("study.seed", settings.seed, SEED_ALLOWED)
+    if not 0 <= settings.warmup_epochs <= settings.epochs:
+        v.fail("study.warmup_epochs", settings.warmup_epochs,
+               f"0 to study.epochs ({settings.epochs}): a longer warm-up would never reach the peak learning rate")
     if not settings.name.strip():
         v.fail("study.name", settings.name, "a non-empty name")
+    if settings.max_latency_ms is not None and settings.max_latency_ms <= 0:
+        v.fail("study.max_latency_ms", settings.max_latency_ms, "milliseconds per image above 0")
+    if settings.multi_objective and settings.pruner.name != "none":
+        # Optuna's pruners compare one value per step; a trial with two objectives reports none.
+        v.fail("study.pruner", settings.pruner.name, "none with several objectives (pruners compare one value; "
+               "set pruner: none, or keep one objective and bound latency with study.max_latency_ms)")
+    if settings.multi_objective and settings.sampler.name not in MULTI_OBJECTIVE_SAMPLERS:
+        v.fail("study.sampler", settings.sampler.name,
+               f"a sampler for several objectives: {', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
+    if not 1 <= settings.workers_per_gpu <= MAX_WORKERS_PER_GPU:
+        v.fail("study.workers_per_gpu", settings.workers_per_gpu, WORKERS_PER_GPU_ALLOWED)
     if settings.weights is not None and not settings.pretrained:
         # Weights are read only for a pretrained start: without it they would be silently ignored.
         v.fail("study.weights", settings.weights, "no weights unless study.pretrained is true (set pretrained: true "
                "to start from them, or remove weights)")
-    _check_components_build(v, settings)
     return settings
+
+
+def _parse_objectives(v: _Validator, value) -> tuple[str, ...]:
+    where = "study.objectives"
+    if not isinstance(value, list) or not value:
+        v.fail(where, value, f"a list of objectives, macro_f1 first: [macro_f1] or [macro_f1, latency]")
+    names = tuple(v.one_of(name, OBJECTIVES, f"{where}[{i}]") for i, name in enumerate(value))
+    if names[0] != "macro_f1" or len(set(names)) != len(names):
+        v.fail(where, value, "macro_f1 first, each objective once: [macro_f1] or [macro_f1, latency]")
+    return names
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it can seed a study, else a SpaceError saying what is allowed (for a `seed` given
+    outside the space file; the space's study.seed is checked when the space is read)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SpaceError(f"`seed`: got {_shown(seed)}; expected {SEED_ALLOWED}")
+    return seed
+
+
+def check_workers_per_gpu(value: int) -> int:
+    """``value`` if it can be a `workers_per_gpu`, else a SpaceError saying what is allowed (for one
+    given outside the space file; the space's study.workers_per_gpu is checked when the space is read)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS_PER_GPU:
+        raise SpaceError(f"`workers_per_gpu`: got {_shown(value)}; expected {WORKERS_PER_GPU_ALLOWED}")
+    return value
 
 
 # A study's name is also its export folder's (exports/<name>): no separators, no "..", no hidden names.
@@ -349,18 +450,36 @@ def check_study_name(name: str) -> str:
     return name
 
 
-def _check_components_build(v: _Validator, settings: StudySettings) -> None:
-    """Build the sampler and pruner once, so option values their constructors refuse (a
-    percentile of 200, a string count) are reported here, before any storage is touched."""
-    builders = {"sampler": lambda: build_sampler(settings.sampler, seed=settings.seed),
-                "pruner": lambda: build_pruner(settings)}
-    for key, build in builders.items():
-        component = getattr(settings, key)
-        try:
-            build()
-        except (TypeError, ValueError) as e:
-            v.fail(f"study.{key}", {"name": component.name, **component.kwargs()},
-                   f"options the {component.name} {key} accepts ({shorten(str(e), 200)})")
+def _rehearse_components(v: _Validator, space: SearchSpace) -> None:
+    """Build the sampler and pruner and let each run a few trials of this space in memory (see
+    ``rehearse_sampler``), so that options they refuse, when built or only when they first sample or
+    prune, are reported here with the option's name, before any storage is touched."""
+    for key in ("sampler", "pruner"):
+        component = getattr(space.study, key)
+        error = _rehearsal_error(space, key, component)
+        if error is None:
+            continue
+        culprit = "these options together make it fail"
+        for option, value in component.options:  # name the option that fails alone, if one does
+            if _rehearsal_error(space, key, Component(component.name, ((option, value),))) is not None:
+                culprit = f"with {option}: {_shown(value)} it fails"
+                break
+        v.fail(f"study.{key}", {"name": component.name, **component.kwargs()},
+               f"options the {component.name} {key} accepts: {culprit} "
+               f"({type(error).__name__}: {shorten(str(error), 200)})")
+
+
+def _rehearsal_error(space: SearchSpace, key: str, component: Component) -> Exception | None:
+    """What the rehearsal of ``component`` as the space's sampler or pruner (``key``) raised, if anything."""
+    settings = space.study
+    try:
+        if key == "sampler":
+            rehearse_sampler(component, seed=settings.seed, suggest=space.suggest)
+        else:
+            rehearse_pruner(dataclasses.replace(settings, pruner=component))
+    except Exception as e:  # noqa: BLE001 - whatever Optuna raises, the space's options caused it
+        return e
+    return None
 
 
 def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], kind: str) -> Component:
@@ -372,44 +491,71 @@ def _parse_component(v: _Validator, where: str, value, names: tuple[str, ...], k
             v.fail(where, value, f"a {kind} name, or a mapping with 'name' and its options")
         name = options.pop("name")
     name = v.one_of(name, names, where if isinstance(value, str) else f"{where}.name")
-    accepted = _component_parameters(kind, name)
+    accepted = _component_options(kind, name)
     for key, value in options.items():
         if key not in accepted:
-            v.fail(f"{where}.{key}", value, f"an option of the {name} {kind}: {', '.join(accepted) or '(none)'}")
-        expected = _option_kind(accepted[key].default)
-        if expected is not None and not _is_kind(value, expected):
-            v.fail(f"{where}.{key}", value, f"{expected} (the {name} {kind}'s {key})")
+            cannot = " (it takes a Python function or object, which a space file cannot give)" \
+                if key in _component_parameters(kind, name) else ""
+            v.fail(f"{where}.{key}", value,
+                   f"an option of the {name} {kind}: {', '.join(accepted) or '(none)'}{cannot}")
+        options[key] = _check_option(v, f"{where}.{key}", key, value, accepted[key], f"the {name} {kind}'s {key}")
     return Component(name, tuple(sorted(options.items())))
 
 
-def _option_kind(default) -> str | None:
-    """What an option with this constructor default must hold; None where the default tells nothing."""
-    if isinstance(default, bool):
-        return "true or false"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float):
-        return "a number"
-    return None
+# What a space file can give, by the type names of a sampler's or pruner's option.
+_PLAIN_KINDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
 
 
-def _is_kind(value, kind: str) -> bool:
-    if kind == "true or false":
-        return isinstance(value, bool)
-    if kind == "an integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _component_options(kind: str, name: str) -> dict[str, list[str]]:
+    """The options of a sampler or pruner that a space file can give, with the type names each takes.
 
-
-def _component_options(kind: str, name: str) -> tuple[str, ...]:
-    """Keyword options a sampler or pruner accepts (the seed is the study's, set elsewhere)."""
-    return tuple(_component_parameters(kind, name))
+    Those declared as plain values only (numbers, true or false, strings, or None); options that
+    take a function or an object (TPE's gamma and weights, constraints_func, x0) are left out.
+    """
+    options = {}
+    for option, parameter in _component_parameters(kind, name).items():
+        annotation = parameter.annotation
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        types = [t.strip() for t in text.split("|")]
+        plain = [t for t in types if t != "None"]
+        if plain and set(plain) <= set(_PLAIN_KINDS):
+            options[option] = types
+    return options
 
 
 def _component_parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
+    """Every keyword a sampler's or pruner's constructor takes (the seed is the study's, set elsewhere)."""
     cls = (SAMPLERS if kind == "sampler" else PRUNERS)[name]
     params = inspect.signature(cls.__init__).parameters
     return {n: p for n, p in params.items() if n not in ("self", "seed", "args", "kwargs")}
+
+
+def _check_option(v: _Validator, where: str, option: str, value, types: list[str], what: str):
+    """``value`` if it is of one of ``types`` and in the option's ``OPTION_RANGES``; YAML's 1e-3 is a number."""
+    if value is None and "None" in types:
+        return value
+    if "float" in types and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not any(_is_kind(value, t) for t in types):
+        v.fail(where, value, f"{' or '.join(_PLAIN_KINDS[t] for t in types if t != 'None')} ({what})")
+    low, high = OPTION_RANGES.get(option, (None, None))
+    if low is not None and _is_kind(value, "int") and not (low <= value and (high is None or value <= high)):
+        v.fail(where, value, (f"a whole number from {low} to {high}" if high else f"a whole number of at least {low}")
+               + f" ({what})")
+    return value
+
+
+def _is_kind(value, type_name: str) -> bool:
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_name == "float":
+        return _is_kind(value, "int") or isinstance(value, float) and math.isfinite(value)
+    return isinstance(value, str)
 
 
 def _parse_dim(v: _Validator, name: str, raw) -> Dimension:

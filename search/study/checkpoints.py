@@ -15,6 +15,7 @@ ignored with a note instead of stopping the worker: the trial then starts from z
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from dataclasses import dataclass
@@ -149,9 +150,14 @@ class CheckpointStore:
         path = self.path(origin)
         if not path.exists():
             return None, None
+        if not path.is_file():  # a folder, or a FIFO that reading would wait on forever
+            return None, f"checkpoint {path} is not a regular file; starting from zero"
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated, corrupt, or holding more than weights: start from zero
+        except pickle.UnpicklingError:  # torch's message ends by advising to load unsafely: not shown
+            return None, (f"checkpoint {path} cannot be read: it holds objects other than tensors and plain values, "
+                          f"and nothing is unpickled here; starting from zero")
+        except Exception as e:  # truncated or corrupt: start from zero
             return None, f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); starting from zero"
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             return None, f"checkpoint {path} is not a {CHECKPOINT_FORMAT} file; starting from zero"
@@ -163,7 +169,9 @@ class CheckpointStore:
             return None, f"checkpoint {path} cannot be used: {e}; starting from zero"
 
     def remove(self, origin: int) -> None:
-        self.path(origin).unlink(missing_ok=True)
+        path = self.path(origin)
+        if path.is_file() or path.is_symlink():  # a folder of that name is not ours to delete
+            path.unlink(missing_ok=True)
 
     def sweep(self, keep: set[int]) -> int:
         """Remove the files of trials whose number is not in ``keep``; returns how many."""
@@ -172,7 +180,7 @@ class CheckpointStore:
         removed = 0
         for path in self.folder.iterdir():
             match = _TRIAL_FILE.fullmatch(path.name)
-            if match and int(match.group(1) or match.group(2)) not in keep:
+            if match and int(match.group(1) or match.group(2)) not in keep and (path.is_file() or path.is_symlink()):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed

@@ -18,11 +18,12 @@ import optuna
 import torch
 from sklearn.metrics import confusion_matrix
 
+from maskopt.errors import MaskoptError
 from maskopt.search.data.prepared import PreparedData
 from maskopt.search.space import PruningSteps, SearchSpace, TrialParams
 from maskopt.search.study import record
 from maskopt.search.study.checkpoints import CheckpointStore, FoldCheckpoint, FoldOutcome
-from maskopt.search.study.interrupts import raise_if_interrupted
+from maskopt.search.study.interrupts import interruptible, raise_if_interrupted, stop_requested
 from maskopt.search.study.notes import record_trial_note
 from maskopt.search.study.oof import OutOfFold, save_oof
 from maskopt.search.study.recovery import this_worker
@@ -36,10 +37,12 @@ from maskopt.search.train.loop import (
     is_out_of_memory,
     train_fold,
 )
-from maskopt.search.train.models import count_parameters
+from maskopt.search.train.latency import Latency, measure_latency
+from maskopt.search.train.models import build_model, count_parameters
 from maskopt.search.train.resources import peak_memory_mb, release_memory
 
 logger = logging.getLogger(__name__)
+LATENCY_CONSTRAINT = "latency_ms_over_budget"  # Optuna constraint: the trial is feasible at 0 or less
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Objective:
         artifact_dir: Where trial artifacts (confusion-matrix images) go; None: notes only.
         checkpoints: Where each fold's state is saved after every epoch, for a retried trial
             to resume from; None: no checkpoints.
+        device_share: The GPU and the worker processes sharing it, recorded on every trial;
+            None for a search that is not one of several workers on GPUs.
     """
 
     space: SearchSpace
@@ -62,14 +67,29 @@ class Objective:
     epoch_bar: object = None
     artifact_dir: str | Path | None = None
     checkpoints: CheckpointStore | None = None
+    device_share: record.DeviceShare | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         # First: a retry arrives carrying its dead original's "worker", and another worker's
         # recovery would fail this live trial as dead while that attribute stays.
         trial.set_user_attr(record.WORKER, this_worker())
-        params = self.space.suggest(trial)
+        with interruptible():  # a stop signal raises at once only from here (see interrupts.py)
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float:
+        try:
+            params = self.space.suggest(trial)
+        except MaskoptError:  # the storage's own clean error (a full disk): not the sampler's fault
+            raise
+        except Exception as e:  # a sampler option it cannot work with: say so, and let the runner stop
+            if stop_requested():
+                raise KeyboardInterrupt from e
+            trial.set_user_attr(record.FAILED_BEFORE_TRAINING, True)
+            trial.set_user_attr(record.FAIL_REASON, f"the sampler failed: {type(e).__name__}: {e}"[:2000])
+            raise
         settings = self.space.study
         steps = PruningSteps.of(settings)
+        reporting = not settings.multi_objective  # Optuna's pruners compare one value: none with two
         folds = self.data.folds(n_folds=settings.folds, seed=settings.seed)
         images = self.data.images(params.image_size, self.device)
         dataset = self.data.dataset
@@ -78,9 +98,11 @@ class Objective:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         trial.set_user_attr(record.DEVICE, str(self.device))
+        trial.set_user_attr(record.DEVICE_SHARE, self.device_share.to_attr() if self.device_share else None)
         trial.set_user_attr(record.FAST_PATH, fast_path(self.device, settings.train_config()))
-        # A retry (its worker died) trains with its original's seeds, so it scores as the
-        # original would have, and resumes from the original's checkpoint.
+        # A retry (its worker died) resumes from its original's checkpoint; it trains with the same
+        # seeds as any trial of the same configuration (seeds.fold_seed), so it scores as the
+        # original would have.
         origin = record.retried_from(trial)
         fingerprint = {"params": params.as_dict(), "folds": settings.folds, "epochs": settings.epochs,
                        "seed": settings.seed, "images": len(dataset)}
@@ -103,6 +125,7 @@ class Objective:
             trial.set_user_attr(record.RESUMED, None)  # a retry carries its original's attributes
         epochs_inherited = epochs_trained = resume.epochs_trained if resume is not None else 0
         keep_checkpoint = False
+        checkpoint_failed = False
 
         def write_attrs(extra: dict | None = None) -> None:
             attrs = {
@@ -117,7 +140,8 @@ class Objective:
                 trial.set_user_attr(key, value)
 
         try:
-            if resume is not None:
+            latency = self._latency(trial, params)  # before training: an infeasible configuration trains nothing
+            if resume is not None and reporting:
                 self._replay_reports(trial, steps, done, partial)
             first_fold = len(done)  # the fold a resumed trial continues; every later fold starts afresh
             for fold, (train_idx, val_idx) in enumerate(folds):
@@ -134,7 +158,7 @@ class Objective:
                     raise_if_interrupted()  # a signal whose KeyboardInterrupt was swallowed
                     epochs_trained += 1
                     best_in_fold[0] = max(best_in_fold[0], f1)
-                    if steps.per_fold:
+                    if steps.per_fold or not reporting:
                         return
                     running = steps.running_mean(finished_f1, best_in_fold[0])
                     step = steps.epoch_step(fold, epoch)
@@ -144,10 +168,12 @@ class Objective:
                             f"pruned at fold {fold + 1} epoch {epoch + 1}: running mean macro F1 {running:.4f}")
 
                 def on_checkpoint(state: FoldState, fold=fold) -> None:
-                    if self.checkpoints is not None:
-                        self.checkpoints.save(origin, FoldCheckpoint(fingerprint, fold, tuple(done), state))
+                    nonlocal checkpoint_failed
+                    if self.checkpoints is not None and not checkpoint_failed:
+                        saved = self._save_checkpoint(trial, origin, FoldCheckpoint(fingerprint, fold, tuple(done), state))
+                        checkpoint_failed = not saved  # warned once; no more tries this trial
 
-                result, model = self._fit_fold(trial, origin, params, fold_data, fold, on_epoch, on_checkpoint,
+                result, model = self._fit_fold(trial, params, fold_data, fold, on_epoch, on_checkpoint,
                                                fold_resume, bar)
                 total, trainable = count_parameters(model)
                 trial.set_user_attr(record.PARAM_COUNT, total)
@@ -167,6 +193,8 @@ class Objective:
             write_attrs({record.CONFUSION: confusion})
             self._save_oof(trial, OutOfFold(out_of_fold, dataset.labels, fold_of, dataset.fingerprint()))
             self._note(trial, params, done, time.perf_counter() - started, confusion)
+            if settings.multi_objective:
+                return float(np.mean(fold_f1)), latency.ms_per_image[1]
             return float(np.mean(fold_f1))
         except optuna.TrialPruned as pruned:
             write_attrs({record.PRUNE_REASON: str(pruned)})
@@ -178,6 +206,9 @@ class Objective:
             keep_checkpoint = True  # Ctrl-C or SIGTERM (preemption): the rerun resumes from it
             raise
         except Exception as e:
+            if stop_requested():  # an interruption that surfaced as another error (a storage call cut short)
+                keep_checkpoint = True
+                raise KeyboardInterrupt from e
             write_attrs({record.FAIL_REASON: f"{type(e).__name__}: {e}"[:2000]})
             raise
         finally:
@@ -187,6 +218,22 @@ class Objective:
                 self.checkpoints.remove(origin)
             release_memory(self.device)
 
+    def _latency(self, trial: optuna.Trial, params: TrialParams) -> Latency:
+        """Time the configuration's architecture at its image size on one CPU thread (whatever the search
+        uses, so that every trial's figure compares; its weights do not matter), record it, and apply
+        the study's latency budget: over it, the trial is pruned before any training."""
+        model = build_model(params.backbone, num_classes=self.data.dataset.num_classes, head=params.head)
+        latency = measure_latency(model, image_size=params.image_size, threads=1)
+        del model
+        trial.set_user_attr(record.LATENCY, latency.to_dict())
+        budget, ms = self.space.study.max_latency_ms, latency.ms_per_image[1]
+        if budget is not None:
+            trial.set_constraint(LATENCY_CONSTRAINT, ms - budget)  # feasible at 0 or less
+            if ms > budget:
+                raise optuna.TrialPruned(f"CPU latency {ms:.3g} ms per image is over study.max_latency_ms "
+                                         f"{budget:g}: not trained")
+        return latency
+
     def _resume(self, trial: optuna.Trial, origin: int, fingerprint: dict) -> FoldCheckpoint | None:
         """The checkpoint this trial continues from, or None (with a note when one was unusable)."""
         if self.checkpoints is None:
@@ -195,6 +242,17 @@ class Objective:
         if note is not None:
             self._checkpoint_note(trial, note)
         return checkpoint
+
+    def _save_checkpoint(self, trial: optuna.Trial, origin: int, checkpoint: FoldCheckpoint) -> bool:
+        """Save ``checkpoint``; a save that fails (a full disk) is a warning, and the trial trains on."""
+        try:
+            self.checkpoints.save(origin, checkpoint)
+            return True
+        except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError of its writer
+            self._checkpoint_note(trial, f"cannot save checkpoints in {self.checkpoints.folder} ({type(e).__name__}: "
+                                         f"{str(e)[:200]}); training on without them: a re-run of this trial "
+                                         f"starts from zero. Free space there, or pass `checkpoints` elsewhere")
+            return False
 
     @staticmethod
     def _checkpoint_note(trial: optuna.Trial, note: str) -> None:
@@ -236,11 +294,11 @@ class Objective:
         except Exception as e:  # a full disk or an unwritable artifact folder: keep the trial's score
             trial.set_user_attr(record.NOTE_ERROR, f"{type(e).__name__}: {e}"[:500])
 
-    def _fit_fold(self, trial, origin: int, params: TrialParams, fold_data: TrainingData, fold: int, on_epoch,
+    def _fit_fold(self, trial, params: TrialParams, fold_data: TrainingData, fold: int, on_epoch,
                   on_checkpoint, resume: FoldState | None, bar):
         settings = self.space.study
         kwargs = dict(config=settings.train_config(), num_classes=self.data.dataset.num_classes, device=self.device,
-                      seed=fold_seed(settings.seed, origin, fold), on_epoch=on_epoch, on_checkpoint=on_checkpoint,
+                      seed=fold_seed(settings.seed, params, fold), on_epoch=on_epoch, on_checkpoint=on_checkpoint,
                       progress=bar)
         try:
             try:
@@ -260,7 +318,10 @@ class Objective:
         # micro-batches per update so the optimiser sees the same effective batch. The retry runs
         # outside the except clause: the exception's traceback holds the failed attempt's tensors.
         release_memory(self.device)
-        half = max(1, params.batch_size // 2)
+        half = params.batch_size // 2
+        if half < 2:  # BatchNorm cannot train on micro-batches of one image: nothing smaller to try
+            raise RuntimeError(f"out of memory in fold {fold + 1} at batch {params.batch_size}; lower image_size "
+                               f"or use a smaller backbone ({first[:500]})")
         trial.set_user_attr(record.OOM_RETRY, f"fold {fold + 1}: out of memory at batch {params.batch_size}; "
                                               f"retried at {half} x 2 accumulation")
         try:

@@ -429,7 +429,8 @@ def save_oof(trial, oof: OutOfFold, artifact_dir) -> str:
 
 
 def load_oof(trial: record.TrialRecord | optuna.trial.FrozenTrial, artifact_dir, dataset=None) -> OutOfFold | None:
-    """The stored OOF predictions of a finished trial, or None when it has none or they are gone.
+    """The stored OOF predictions of a finished trial, or None when it has none, they are gone, or
+    the file holds something other than what :func:`save_oof` writes (NaN, wrong shapes).
 
     With ``dataset``, only predictions of exactly that data count (its fingerprint, image and
     class counts): another dataset's rows would be mixed with the wrong labels.
@@ -446,6 +447,13 @@ def load_oof(trial: record.TrialRecord | optuna.trial.FrozenTrial, artifact_dir,
             oof = OutOfFold(data["probs"].astype(np.float32), data["labels"].astype(np.int64),
                             data["folds"].astype(np.int64), str(data["dataset"]))
     except Exception:  # deleted, truncated, or another folder: the trial just has no OOF here
+        return None
+    n, n_classes = oof.probs.shape if oof.probs.ndim == 2 else (0, 0)
+    # A file that is not what save_oof writes (NaN, negative or absent probabilities, labels or folds
+    # that do not fit) counts as none: averaged in, it would spoil every other trial's predictions.
+    if (not n_classes or not np.isfinite(oof.probs).all() or (oof.probs < 0).any()
+            or oof.labels.shape != (n,) or oof.folds.shape != (n,)
+            or (n and (oof.labels.min() < 0 or oof.labels.max() >= n_classes or oof.folds.min() < 0))):
         return None
     if dataset is not None and (oof.dataset != dataset.fingerprint()
                                 or oof.probs.shape != (len(dataset), dataset.num_classes)):

@@ -9,6 +9,8 @@ module reads ``user_attrs`` or ``system_attrs`` by key, and the keys are named i
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ RESUMED = "resumed"  # {from_trial, fold, epochs_inherited} or None
 CHECKPOINT_NOTE = "checkpoint_note"
 OOF_ARTIFACT = "oof_artifact"  # artifact id of the out-of-fold probabilities
 DEVICE = "device"
+DEVICE_SHARE = "device_share"  # the GPU and how many worker processes shared it (DeviceShare), or None
 FAST_PATH = "fast_path"
 PARAM_COUNT = "param_count"
 TRAINABLE_PARAM_COUNT = "trainable_param_count"
@@ -48,6 +51,8 @@ FREEZE_DEPTH_EFFECTIVE = "freeze_depth_effective"
 OOM_RETRY = "oom_retry"
 NOTE_ERROR = "note_error"
 OOF_ERROR = "oof_error"
+FAILED_BEFORE_TRAINING = "failed_before_training"  # the sampler or the set-up failed: no epoch ran
+LATENCY = "latency"  # CPU inference latency of the architecture at its image size (train/latency.py)
 
 # Optuna system attributes set by its retry of a trial whose worker died.
 RETRIED_FROM = "failed_trial"  # the number of the first trial of the retry chain
@@ -60,20 +65,124 @@ CLASS_NAMES = "maskopt_class_names"
 EXPORT = "maskopt_export"  # the last export (ExportRecord), written by the export
 
 OBJECTIVE_NAME = "macro F1"
+# Each objective a space may name: its name in Optuna's records (the dashboard shows it) and direction.
+OBJECTIVE_NAMES = {"macro_f1": OBJECTIVE_NAME, "latency": "CPU latency, ms per image"}
+OBJECTIVE_DIRECTIONS = {"macro_f1": "maximize", "latency": "minimize"}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _ints(value) -> tuple[int, ...]:
-    return tuple(int(v) for v in value or ())
+# Every value is checked as it is read back: the storage is shared and may hold anything (a hand
+# edit, another program, a hostile user). A missing or malformed value reads as None (or an empty
+# tuple for a list), so garbage never raises here and never reaches the report, the export or the
+# command line.
+MAX_FOLDS = 1000
+"""A per-fold list longer than this reads as malformed: no study has that many folds."""
+_MAX_COUNT = 10**12  # a confusion-matrix cell; a matrix of such counts still sums in int64
 
 
-def _floats(value) -> tuple[float, ...]:
-    return tuple(float(v) for v in value or ())
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value) -> int | None:
+    """A whole number of at least 0, else None."""
+    return int(value) if _is_int(value) and value >= 0 else None
+
+
+def _amount(value) -> float | None:
+    """A finite number of at least 0, else None."""
+    return float(value) if _is_number(value) and value >= 0 else None
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ints(value, low: int = 0) -> tuple[int, ...] | None:
+    """A list of whole numbers of at least ``low`` (missing: empty), else None."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)) and len(value) <= MAX_FOLDS and all(_is_int(v) and v >= low for v in value):
+        return tuple(int(v) for v in value)
+    return None
+
+
+def _scores(value) -> tuple[float, ...]:
+    """Per-fold scores, each from 0 to 1; empty when missing or malformed."""
+    if isinstance(value, (list, tuple)) and len(value) <= MAX_FOLDS and all(_is_number(v) and 0 <= v <= 1
+                                                                            for v in value):
+        return tuple(float(v) for v in value)
+    return ()
+
+
+def _confusion(value) -> list[list[int]] | None:
+    """A square matrix of counts, at least 2 x 2, else None."""
+    if isinstance(value, (list, tuple)) and len(value) >= 2 and all(
+            isinstance(row, (list, tuple)) and len(row) == len(value)
+            and all(_is_int(c) and 0 <= c <= _MAX_COUNT for c in row) for row in value):
+        return [[int(c) for c in row] for row in value]
+    return None
+
+
+@dataclass(frozen=True)
+class LatencyRecord:
+    """A complete trial's CPU inference latency: its architecture at its image size, any weights."""
+
+    ms_per_image: dict[int, float]  # batch size -> milliseconds per image, the median of repeated runs
+    threads: int  # torch CPU threads it was measured with
+    params: int  # parameter count
+
+    @classmethod
+    def read(cls, value) -> LatencyRecord | None:
+        """The record of a stored ``Latency.to_dict()``, or None when missing or malformed."""
+        if not isinstance(value, dict) or not isinstance(value.get("ms_per_image"), dict):
+            return None
+        per_batch = {}
+        for batch, ms in value["ms_per_image"].items():
+            if not (isinstance(batch, str) and batch.isdigit() and len(batch) < 6 and _is_number(ms) and ms > 0):
+                return None
+            per_batch[int(batch)] = float(ms)
+        threads, params = _count(value.get("threads")), _count(value.get("params"))
+        if not per_batch or not threads or params is None:
+            return None
+        return cls(per_batch, threads, params)
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """The GPU a trial trained on and how many worker processes of its machine shared that GPU."""
+
+    gpu: str  # the GPU as CUDA_VISIBLE_DEVICES names it: an index, or a UUID
+    workers: int  # worker processes of the trial's machine given this GPU, the trial's own included
+
+    def to_attr(self) -> dict[str, Any]:
+        return {"gpu": self.gpu, "workers": self.workers}
+
+    @classmethod
+    def read(cls, value) -> DeviceShare | None:
+        """The record of a stored ``to_attr()``, or None when missing or malformed."""
+        if not isinstance(value, dict):
+            return None
+        gpu, workers = _text(value.get("gpu")), _count(value.get("workers"))
+        if not gpu or len(gpu) > 100 or not workers:
+            return None
+        return cls(gpu, workers)
 
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial as maskopt reads it back (attributes a trial lacks are empty or None)."""
+    """One trial as maskopt reads it back.
+
+    An attribute the trial lacks, or holds in a shape the search never writes (a score that is
+    not a number from 0 to 1, a negative time, a confusion matrix that is not square counts, a
+    list longer than :data:`MAX_FOLDS`), reads as None, or as an empty tuple for a list. The one
+    exception is ``best_epoch``: empty when missing (an export then retrains for the study's
+    epochs) but None when malformed, so the export can refuse a trial it cannot retrain.
+    """
 
     number: int
     state: TrialState
@@ -81,12 +190,12 @@ class TrialRecord:
     params: dict
     fold_f1: tuple[float, ...]
     fold_accuracy: tuple[float, ...]
-    best_epoch: tuple[int, ...]
+    best_epoch: tuple[int, ...] | None
     epochs_trained: int | None
     epochs_trained_here: int | None
     seconds: float | None
     images_per_second: float | None
-    confusion: list | None
+    confusion: list[list[int]] | None
     prune_reason: str | None
     fail_reason: str | None
     pruned_after_folds: int | None
@@ -95,20 +204,32 @@ class TrialRecord:
     oof_artifact: str | None
     origin: int  # the trial this one retries, or its own number
     retry_history: tuple[int, ...]  # the trials this one retries, oldest first
+    failed_before_training: bool = False
+    latency: LatencyRecord | None = None
+    device_share: DeviceShare | None = None  # None: not run by one of several workers on GPUs (see workers.py)
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
         a, s = trial.user_attrs, trial.system_attrs
+        origin = _count(s.get(RETRIED_FROM))
         return cls(
-            number=trial.number, state=trial.state, value=trial.value, params=dict(trial.params),
-            fold_f1=_floats(a.get(FOLD_F1)), fold_accuracy=_floats(a.get(FOLD_ACCURACY)),
-            best_epoch=_ints(a.get(BEST_EPOCH)), epochs_trained=a.get(EPOCHS_TRAINED),
-            epochs_trained_here=a.get(EPOCHS_TRAINED_HERE),
-            seconds=a.get(SECONDS), images_per_second=a.get(IMAGES_PER_SECOND), confusion=a.get(CONFUSION),
-            prune_reason=a.get(PRUNE_REASON), fail_reason=a.get(FAIL_REASON),
-            pruned_after_folds=a.get(PRUNED_AFTER_FOLDS), worker=a.get(WORKER), resumed=a.get(RESUMED),
-            oof_artifact=a.get(OOF_ARTIFACT),
-            origin=s.get(RETRIED_FROM, trial.number), retry_history=_ints(s.get(RETRY_HISTORY)),
+            # The first value is macro F1 in every maskopt study, one objective or several.
+            number=trial.number, state=trial.state, value=trial.values[0] if trial.values else None,
+            params=dict(trial.params),
+            fold_f1=_scores(a.get(FOLD_F1)), fold_accuracy=_scores(a.get(FOLD_ACCURACY)),
+            best_epoch=_ints(a.get(BEST_EPOCH), low=1), epochs_trained=_count(a.get(EPOCHS_TRAINED)),
+            epochs_trained_here=_count(a.get(EPOCHS_TRAINED_HERE)),
+            seconds=_amount(a.get(SECONDS)), images_per_second=_amount(a.get(IMAGES_PER_SECOND)),
+            confusion=_confusion(a.get(CONFUSION)),
+            prune_reason=_text(a.get(PRUNE_REASON)), fail_reason=_text(a.get(FAIL_REASON)),
+            pruned_after_folds=_count(a.get(PRUNED_AFTER_FOLDS)), worker=_text(a.get(WORKER)),
+            resumed=a.get(RESUMED) if isinstance(a.get(RESUMED), dict) else None,
+            oof_artifact=_text(a.get(OOF_ARTIFACT)),
+            origin=trial.number if origin is None else origin,
+            retry_history=_ints(s.get(RETRY_HISTORY)) or (),
+            failed_before_training=a.get(FAILED_BEFORE_TRAINING) is True,
+            latency=LatencyRecord.read(a.get(LATENCY)),
+            device_share=DeviceShare.read(a.get(DEVICE_SHARE)),
         )
 
     @property
@@ -213,7 +334,7 @@ class StudyRecord:
         if not isinstance(stored, dict):
             raise NotAMaskoptStudy(f"study {self.name!r} was not made by maskopt search "
                                    f"(it has no stored search space)")
-        return parse_space(stored, source=f"study {self.name!r}", check_names=False)
+        return parse_space(stored, source=f"study {self.name!r}", stored=True)
 
     @property
     def layout(self) -> str | None:
@@ -253,9 +374,8 @@ class StudyRecord:
             self.study.set_user_attr(SPACE, current)
             with warnings.catch_warnings():  # experimental since Optuna 3.2; optuna-dashboard reads it
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.study.set_metric_names([OBJECTIVE_NAME])
-        elif not isinstance(stored, dict) or stored.get("params") != current["params"] \
-                or _trained_part(stored) != _trained_part(current):
+                self.study.set_metric_names([OBJECTIVE_NAMES[name] for name in space.study.objectives])
+        elif not isinstance(stored, dict) or _trained(_filled_in(stored, self.name)) != _trained(current):
             raise SpaceError(
                 f"study {self.name!r} was created from a different search space than {space.source}. "
                 f"Use the same space to resume it, or give a new `study` name.")
@@ -314,7 +434,22 @@ class StudyRecord:
         return reasons
 
 
-def _trained_part(space_dict: dict) -> dict:
-    # The dataset path may differ between machines of one study; what is trained may not.
+# Study settings that say where or how a study runs, not what it trains: machines of one study may
+# keep the data elsewhere and share their GPUs differently.
+_NOT_TRAINED = ("data", "name", "workers_per_gpu")
+
+
+def _filled_in(stored: dict, name: str) -> dict:
+    """A stored space with the defaults of keys added since it was stored, so that a study made by an
+    earlier maskopt resumes (its stored form as it is, when it no longer reads)."""
+    try:
+        return parse_space(stored, source=f"study {name!r}", stored=True).to_dict()
+    except SpaceError:
+        return stored
+
+
+def _trained(space_dict: dict) -> tuple:
+    """What a space trains: its parameters and the study settings that change training."""
     study = space_dict.get("study")
-    return {k: v for k, v in study.items() if k not in ("data", "name")} if isinstance(study, dict) else {}
+    settings = {k: v for k, v in study.items() if k not in _NOT_TRAINED} if isinstance(study, dict) else {}
+    return space_dict.get("params"), settings

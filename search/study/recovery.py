@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from datetime import datetime, timedelta
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -43,13 +44,26 @@ def heartbeat_on(study: optuna.Study) -> bool:
     return interval is not None and interval() is not None
 
 
-def retry_callback(study: optuna.Study):
-    """What queues a failed trial again: the storage's own callback when heartbeats are on, so its
-    ``max_retry`` holds for both paths."""
-    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return callback or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+def _grace_seconds(study: optuna.Study) -> float | None:
+    """How long a trial may go without a heartbeat before it counts as dead (None: no heartbeats)."""
+    if not heartbeat_on(study):
+        return None
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
+    return getattr(backend, "grace_period", None) or 2 * study._storage.get_heartbeat_interval()
+
+
+def _is_dead(trial: FrozenTrial, grace: float | None) -> bool:
+    """A RUNNING trial whose worker is gone: its process no longer exists on this machine, or it was
+    never stamped by a worker although created longer ago than the heartbeat grace period.
+
+    The unstamped case is a worker killed in the instant between Optuna creating the trial and the
+    objective stamping it: no heartbeat was ever recorded either, so Optuna's check never finds it.
+    """
+    worker = TrialRecord.of(trial).worker
+    if worker is not None:
+        return _worker_is_gone(worker)
+    started = trial.datetime_start
+    return grace is not None and started is not None and datetime.now() - started > timedelta(seconds=grace)
 
 
 def recover_dead_trials(study: optuna.Study) -> int:
@@ -62,8 +76,9 @@ def recover_dead_trials(study: optuna.Study) -> int:
         optuna.storages.fail_stale_trials(study)
         recovered = running - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     retry = storage.get_heartbeat_stale_trial_callback() if heartbeat else None
+    grace = _grace_seconds(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _worker_is_gone(TrialRecord.of(trial).worker):
+        if not _is_dead(trial, grace):
             continue
         try:
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
@@ -90,11 +105,18 @@ def my_lost_trial(study: optuna.Study) -> FrozenTrial | None:
     return None
 
 
-def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Queue ``trial`` again unless a retry of it is already queued; True when this call queued it."""
+def queue_interrupted_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue an interrupted ``trial`` again (same parameters and seeds, so it resumes from its
+    checkpoint), unless a retry of it is already queued; True when this call queued it.
+
+    However often a configuration was interrupted, it is queued: a stop signal is never the
+    trial's fault (the retry limit is for trials whose worker keeps dying).
+    """
     if StudyRecord.of(study).is_retried(trial.number):
         return False
-    retry_callback(study)(study, trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
     return True
 
 

@@ -22,17 +22,24 @@ from tqdm.auto import tqdm
 from maskopt.errors import MaskoptError, SearchInterrupted, SpaceError
 from maskopt.search.data.dataset import load_dataset
 from maskopt.search.data.prepared import PreparedData, prepare_data
-from maskopt.search.space import SearchSpace, build_pruner, build_sampler, check_study_name, discrete_values
+from maskopt.search.space import (
+    SearchSpace,
+    build_pruner,
+    build_sampler,
+    check_seed,
+    check_study_name,
+    discrete_values,
+)
 from maskopt.search.study.checkpoints import CheckpointStore, default_checkpoint_dir
 from maskopt.search.study.describe import describe_trial
 from maskopt.search.study.interrupts import interrupts_stop_the_search, raise_if_interrupted
 from maskopt.search.study.objective import Objective
-from maskopt.search.study.record import FINISHED, StudyRecord, TrialRecord
+from maskopt.search.study.record import FINISHED, OBJECTIVE_DIRECTIONS, DeviceShare, StudyRecord, TrialRecord
 from maskopt.search.study.recovery import (
     heartbeat_on,
     live_origins,
     my_lost_trial,
-    queue_retry,
+    queue_interrupted_trial,
     recover_dead_trials,
 )
 from maskopt.search.train.resources import torch_session
@@ -44,6 +51,10 @@ logger = logging.getLogger(__name__)
 notes_logger = logging.getLogger("maskopt.search.notes")
 
 SAMPLER_SEED_STRIDE = 1_000
+MAX_WORKER_INDEX = 2**32 // SAMPLER_SEED_STRIDE - 1  # beyond it, sampler seeds would wrap onto other workers'
+# Trials that fail before training, one after another, mean the space cannot work (a sampler option
+# its sampler cannot use): the search stops with the reason instead of running them to the total.
+MAX_FAILURES_BEFORE_TRAINING = 3
 WAIT_POLL_SECONDS = 2.0  # how often a worker that reached the total looks at others' running trials
 
 
@@ -81,9 +92,13 @@ def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
     apart. The same seed, space and history still give the same proposals. Finished, not all:
     workers started together on a fresh study would otherwise be seeded by which of them
     happened to create its first trial before the others opened the study.
+
+    The sum wraps around at 2**32, numpy's limit for seeds; worker indices up to
+    ``MAX_WORKER_INDEX`` keep apart every two workers whose runs found fewer than
+    ``SAMPLER_SEED_STRIDE`` finished trials.
     """
     finished = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
-    return seed + SAMPLER_SEED_STRIDE * worker_index + len(finished)
+    return (seed + SAMPLER_SEED_STRIDE * worker_index + len(finished)) % 2**32
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,7 @@ def open_search(
     space = dataclasses.replace(space, study=dataclasses.replace(space.study, **overrides))
     settings = space.study
     check_study_name(settings.name)
+    check_seed(settings.seed)
     if settings.data is None:
         raise SpaceError(f"{space.source}: no dataset: set study.data in the space or pass `data`")
 
@@ -136,7 +152,8 @@ def open_search(
 
     url = resolve_url(storage)
     opened = open_storage(url, heartbeat_interval=heartbeat_interval)
-    optuna_study = create_or_load_study(storage=opened, study_name=settings.name, direction="maximize",
+    directions = tuple(OBJECTIVE_DIRECTIONS[name] for name in settings.objectives)
+    optuna_study = create_or_load_study(storage=opened, study_name=settings.name, direction=directions,
                                         pruner=build_pruner(settings))
     record = StudyRecord.of(optuna_study)
     record.bind_space(space)
@@ -165,6 +182,7 @@ def run_search(
     heartbeat_interval: int | None = 30,
     checkpoints: str | Path | bool = True,
     worker_index: int = 0,
+    device_share: DeviceShare | None = None,
     quiet: bool = False,
 ) -> SearchResult:
     """Create or resume the study of ``space`` and run trials until it holds ``trials``.
@@ -195,6 +213,8 @@ def run_search(
         worker_index: This worker's number among those sharing the study (0 alone); it offsets
             the sampler's seed so that workers do not propose the same start-up trials. Folds
             and training seeds do not depend on it.
+        device_share: The GPU this worker trains on and how many workers share it, recorded on
+            every trial (``run_workers`` sets it); None: not one of several workers on GPUs.
         quiet: No progress bars.
 
     Raises:
@@ -204,6 +224,8 @@ def run_search(
     """
     if trials < 1:
         raise MaskoptError(f"the number of trials must be at least 1, got {trials}")
+    if not 0 <= worker_index <= MAX_WORKER_INDEX:
+        raise MaskoptError(f"`worker_index` must be from 0 to {MAX_WORKER_INDEX}, got {worker_index}")
     opened = open_search(space, storage=storage, data=data, study=study, seed=seed, exclude_broken=exclude_broken,
                          cache_dir=cache_dir, heartbeat_interval=heartbeat_interval, worker_index=worker_index,
                          quiet=quiet)
@@ -215,14 +237,14 @@ def run_search(
         root = default_checkpoint_dir(opened.storage_url) if checkpoints is True else checkpoints
         store = CheckpointStore(root, optuna_study.study_name)
     with torch_session(device, threads) as torch_device:
-        _run_trials(opened, record, trials, timeout, torch_device, store, artifacts, quiet)
+        _run_trials(opened, record, trials, timeout, torch_device, store, artifacts, quiet, device_share)
     if store is not None:
         store.sweep(keep=live_origins(optuna_study))
     return summary_of(optuna_study, opened.storage_url, trials, opened.notes)
 
 
 def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout: float | None, torch_device,
-                store: CheckpointStore | None, artifacts, quiet: bool) -> None:
+                store: CheckpointStore | None, artifacts, quiet: bool, device_share: DeviceShare | None) -> None:
     """Run trials until the study holds ``trials``, or the timeout passes."""
     optuna_study = record.study
     recover_dead_trials(optuna_study)
@@ -233,20 +255,25 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
         return tqdm(total=total, desc=f"trial {number} epochs", unit="ep", leave=False, position=1,
                     dynamic_ncols=True)
 
+    failed_before_training: list[TrialRecord] = []
+
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        finished = TrialRecord.of(trial)
+        failed_before_training[:] = [*failed_before_training, finished] if finished.failed_before_training else []
         recover_dead_trials(study)
         if store is not None:
             store.sweep(keep=live_origins(study))
         counted = record.counted
         trial_bar.n = min(counted, trials)
         trial_bar.refresh()
-        logger.info(describe_trial(TrialRecord.of(trial)))
+        logger.info(describe_trial(finished))
         raise_if_interrupted()
-        if counted >= trials and not record.has_waiting:
+        if (counted >= trials and not record.has_waiting) or len(failed_before_training) >= MAX_FAILURES_BEFORE_TRAINING:
             study.stop()
 
     objective = Objective(space=opened.space, data=opened.data, device=torch_device,
-                          epoch_bar=None if quiet else epoch_bar, artifact_dir=artifacts, checkpoints=store)
+                          epoch_bar=None if quiet else epoch_bar, artifact_dir=artifacts, checkpoints=store,
+                          device_share=device_share)
     try:
         with interrupts_stop_the_search():
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -264,6 +291,12 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
                                        "storage (its heartbeat stopped); it is re-run there, and nothing of it was "
                                        "written", lost.number)
                         continue
+                if len(failed_before_training) >= MAX_FAILURES_BEFORE_TRAINING:
+                    last = failed_before_training[-1]
+                    raise MaskoptError(
+                        f"the search stopped: trials {', '.join(str(t.number) for t in failed_before_training)} "
+                        f"failed before training, with: {last.fail_reason}. Fix the space (its sampler's options?) "
+                        f"and run it as a new study (another `study` name).")
                 if not _wait_for_running_trials(record, trials, deadline):
                     break
     except KeyboardInterrupt as e:
@@ -272,7 +305,7 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
             interrupted = my_lost_trial(optuna_study)
             # Preemption sends SIGTERM: queue the trial again, so the next run resumes it from its
             # checkpoint instead of sampling a new one.
-            if interrupted is not None and queue_retry(optuna_study, interrupted):
+            if interrupted is not None and queue_interrupted_trial(optuna_study, interrupted):
                 if store is not None and store.path(TrialRecord.of(interrupted).origin).exists():
                     resumes = f"; trial {interrupted.number} resumes from its last epoch"
         except Exception:  # the storage may be what failed; the interruption is what to report

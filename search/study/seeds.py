@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 
-def fold_seed(study_seed: int, trial_number: int, fold: int) -> int:
-    """The training seed of one fold of one trial: reproducible, distinct across trials.
+from maskopt.search.train.params import TrialParams
 
-    ``trial_number`` is the trial as first run: a retry (its worker died) trains with its
-    original's seeds, so it scores as the original would have. The export retrains the whole
-    data as fold ``folds`` (one past the last).
+
+def fold_seed(study_seed: int, params: TrialParams, fold: int) -> int:
+    """The training seed of one fold of one configuration: a hash of (study seed, parameters, fold).
+
+    Not of the trial's number: which number a configuration gets depends on which of several
+    workers samples it first, and a configuration must score the same whoever runs it. A retry
+    (its worker died) and a resumed checkpoint have the same parameters, so they keep its seeds.
+    The export retrains the whole data as fold ``folds`` (one past the last).
     """
-    return (study_seed * 1_000_003 + trial_number * 101 + fold) % (2**31)
+    key = json.dumps({"seed": study_seed, "params": params.as_dict(), "fold": fold}, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % 2**31

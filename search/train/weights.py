@@ -22,19 +22,18 @@ Example:
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from maskopt.errors import MaskoptError
+from maskopt.files import write_atomically
 from maskopt.search.train.models import check_backbone
 
 LAYOUTS = ("timm", "efficientnet_pytorch", "torchvision", "unknown")
@@ -299,28 +298,14 @@ def _write(state: dict[str, torch.Tensor], path: Path, *, force: bool, metadata:
         raise MaskoptError(f"output folder {out_dir} is a file; give a folder for `out`")
     if path.is_dir():
         raise MaskoptError(f"{path} is a folder; move it away or pick another `out`")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MaskoptError(f"cannot create output folder {out_dir}: {e}") from e
     # safetensors refuses tensors that share storage (tied or sliced weights): give each its own.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a weights file is not secret
-        if path.exists():
-            if _same_weights(path, tensors):
-                os.unlink(tmp)
-                return path, True
-            if not force:
-                raise MaskoptError(f"{path} already exists and holds other weights; pass `force` to replace it")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if path.exists():
+        if _same_weights(path, tensors):
+            return path, True
+        if not force:
+            raise MaskoptError(f"{path} already exists and holds other weights; pass `force` to replace it")
+    write_atomically(path, save(tensors, metadata=metadata))
     return path, False
 
 
@@ -338,9 +323,3 @@ def _same_weights(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
     except (SafetensorError, OSError, ValueError):
         return False  # not a readable safetensors file: certainly not these weights
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -45,3 +45,58 @@ def test_redact_hides_passwords(text, expected):
 )
 def test_redact_leaves_text_without_passwords_alone(text):
     assert redact(text) == text
+
+
+def test_redact_hides_a_password_with_spaces_in_a_whole_url():
+    assert redact("postgresql://u:p ss w0rd@host/db") == "postgresql://u:***@host/db"
+    assert redact("  mysql://u:a b@host/db") == "  mysql://u:***@host/db"
+
+
+# A raw "@" in a password: SQLAlchemy ends the password at the first "@" and reads the rest as the
+# host, which the driver's "could not resolve host" message would print. Each is refused before any
+# connection, with the password hidden; MySQL and other separators the same.
+RAW_AT_URLS = [
+    "postgresql://u:p@ss@w0rd@nowhere.invalid/db",
+    "postgresql+psycopg://u:p@ss@w0rd@nowhere.invalid:5432/db",
+    "mysql://u:p@ss@w0rd@nowhere.invalid/db",
+    "postgresql://u:p@ss/w0rd@nowhere.invalid/db",
+    "postgresql://u:p@ss?w0rd@nowhere.invalid/db",
+    "postgresql://u:p@ss#w0rd@nowhere.invalid/db",
+]
+
+
+@pytest.mark.parametrize("url", RAW_AT_URLS)
+def test_a_raw_at_in_the_password_is_refused_without_printing_it(url, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from maskopt.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["studies", "--storage", url])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert 'has a raw "@" in its password' in result.output and "%40" in result.output
+    for piece in ("p@ss", "ss@w0rd", "w0rd"):
+        assert piece not in result.output, result.output
+    assert "u:***@nowhere.invalid" in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "pieces"),
+    [
+        ("postgresql://u:pqz9 w0rd s3cret@nowhere.invalid/db", ("pqz9", "w0rd", "s3cret")),  # raw spaces
+        ("postgresql://u:pqz9:w0rd/s3cret@nowhere.invalid/db", ("pqz9", "w0rd", "s3cret")),  # raw ":" and "/"
+        ("postgresql://u@nowhere.invalid/db?password=pqz9@w0rd@s3cret", ("pqz9", "w0rd", "s3cret")),  # in the query
+        ("postgresql://me@corp:s3cret@nowhere.invalid/db", ("s3cret",)),  # a raw "@" in the user name only
+    ],
+)
+def test_other_raw_passwords_reach_the_server_and_stay_hidden(url, pieces, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from maskopt.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["studies", "--storage", url])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Host name 'nowhere.invalid' could not be resolved" in result.output, result.output
+    for piece in pieces:
+        assert piece not in result.output, result.output

@@ -156,10 +156,24 @@ def test_refuses_a_non_empty_folder_and_accepts_an_empty_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "occupied"], "no staging folder is left"
 
 
-@pytest.mark.parametrize("bad", [dict(persons=1), dict(eval_persons=0), dict(size=15), dict(seed=-1)])
-def test_rejects_arguments_out_of_range(tmp_path, bad):
-    with pytest.raises(ValueError):
-        make_demo_data(tmp_path / "data", **bad)
+@pytest.mark.parametrize("name, value, allowed", [
+    ("persons", 1, "from 2 to 100000"), ("persons", 100_001, "from 2 to 100000"), ("persons", "10", "from 2"),
+    ("eval_persons", 0, "from 1 to 100000"), ("eval_persons", 100_001, "from 1 to 100000"),
+    ("size", 15, "from 16 to 1024"), ("size", 1025, "from 16 to 1024"), ("size", True, "from 16 to 1024"),
+    ("seed", -1, "from 0 to 4294967295"), ("seed", 2**32, "from 0 to 4294967295"), ("seed", 1.0, "from 0"),
+])
+def test_rejects_arguments_out_of_range(tmp_path, name, value, allowed):
+    with pytest.raises(DataError, match=rf"^`{name}` must be a whole number {allowed}.*, got {value!r}$"):
+        make_demo_data(tmp_path / "data", **{name: value})
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_the_command_bounds_its_options_as_the_library_does():
+    from maskopt.commands.data import make_demo_data as command
+    from maskopt.search.data.demo import ARGUMENT_RANGES
+
+    options = {p.name: p.type for p in command.params}
+    assert {name: (options[name].min, options[name].max) for name in ARGUMENT_RANGES} == ARGUMENT_RANGES
 
 
 def test_cli_writes_the_data_and_names_the_next_step(tmp_path):
@@ -176,7 +190,10 @@ def test_cli_writes_the_data_and_names_the_next_step(tmp_path):
     assert "Error:" in again.output and "not an empty folder" in again.output
 
 
-@pytest.mark.parametrize("option, value", [("--persons", "1"), ("--size", "8"), ("--eval-persons", "0")])
+@pytest.mark.parametrize("option, value", [
+    ("--persons", "1"), ("--size", "8"), ("--eval-persons", "0"), ("--persons", "100001"), ("--size", "1025"),
+    ("--eval-persons", "100001"), ("--seed", "4294967296"), ("--seed", "-1"),
+])
 def test_cli_validates_options(tmp_path, option, value):
     result = CliRunner().invoke(cli, ["make-demo-data", str(tmp_path / "data"), option, value])
     assert result.exit_code == 2

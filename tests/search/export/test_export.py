@@ -161,7 +161,7 @@ def test_predict_from_the_export_reproduces_the_submission(main_study, tmp_path)
 def test_export_from_storage_alone_refuses_an_existing_folder_then_replaces_it_with_force(main_study, best):
     out = main_study.root / "again"
     shutil.copytree(main_study.export, out)  # an earlier export: --force may replace only those
-    (out / "keep.txt").write_text("mine")
+    (out / "keep.txt").write_text("mine")  # not the export's: kept
     before = tree_digest(out)
 
     # Nothing but the storage: no --study (it holds one), no --data (the study records it).
@@ -174,14 +174,14 @@ def test_export_from_storage_alone_refuses_an_existing_folder_then_replaces_it_w
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert f"exported trial {best.number} of study 'main' (cross-validated macro F1 {best.value:.4f}) to {out}/" \
         in result.output
-    assert not (out / "keep.txt").exists()
+    assert (out / "keep.txt").read_text() == "mine"
     config = json.loads((out / "config.json").read_text())
     original = json.loads((main_study.export / "config.json").read_text())
     assert without_versions(config) == without_versions(original)
     # Retraining is seeded: the same weights, so the same submission.
     assert (out / "model.safetensors").read_bytes() == (main_study.export / "model.safetensors").read_bytes()
     assert (out / "submission.csv").read_bytes() == (main_study.export / "submission.csv").read_bytes()
-    assert not list(main_study.root.glob(".again*"))  # no staging folder left behind
+    assert not list(main_study.root.glob(".again*"))  # no staging folder or lock left behind
     assert StudyRecord.open(main_study.url, "main").export.path == out.resolve()
 
 
@@ -201,7 +201,7 @@ def test_ensemble_folds_with_tta(ensemble, main_study, best):
     scored = invoke("score", out / "submission.csv", solution, "--json")
     assert json.loads(scored.output)["macro_f1"] > majority_macro_f1(solution)  # measured: 0.108 against 0.058
     # The staging folder sits beside the export (same filesystem) and is renamed into place.
-    assert [p.name for p in out.parent.iterdir()] == ["ens"]
+    assert [p.name for p in out.parent.iterdir()] == ["ens"]  # no staging folder or lock left
 
 
 def test_predict_from_an_ensemble_uses_its_tta_and_reproduces_its_submission(ensemble, main_study, tmp_path):
@@ -309,7 +309,7 @@ def test_missing_eval_image_stops_the_export_before_retraining(main_study, data_
     result = export_cli(main_study, "--data", data, "--out", main_study.export, "--force")
     assert result.exit_code == 1
     info_csv = data / "eval" / "info.csv"
-    assert result.output.startswith(f"Error: 1 eval image(s) named in {info_csv} are missing:")
+    assert result.output.startswith(f"Error: 1 eval image(s) named in {info_csv} are missing")
     assert f"{info_csv}, line {line}: {missing} is missing" in result.output
     assert {**tree_digest(main_study.export), **tree_digest(main_study.db)} == before
     assert not list(main_study.export.parent.glob(".main.*"))

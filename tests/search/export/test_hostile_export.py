@@ -253,6 +253,8 @@ CONFIG_CASES = {
     "models-pickle": (changed(models=["model.pth"]), "key 'models': 'model.pth' is not a .safetensors file"),
     "models-missing": (changed(models=["fold0.safetensors"]), "key 'models': 'fold0.safetensors': no such file in"),
     "models-null": (changed(models=[None]), "key 'models' must be a list of 1..64 weights file names; got [None]"),
+    "models-nul-byte": (changed(models=["model\0.safetensors"]),
+                        "key 'models': 'model\\x00.safetensors' must be a file name inside the export folder"),
     # Keys that say where the model came from: optional, but of their type when present.
     "trial-str": (changed(trial="3"), "key 'trial' must be an integer; got '3'"),
     "study-int": (changed(study=7), "key 'study' must be a string; got 7"),

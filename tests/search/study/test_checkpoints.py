@@ -3,6 +3,7 @@ an uninterrupted run gets, and the disk holds at most one checkpoint per running
 
 from __future__ import annotations
 
+import os
 import signal
 
 import numpy as np
@@ -113,7 +114,8 @@ def test_unusable_checkpoints_are_ignored_with_a_reason(tmp_path, space_dict):
     torch.save({"format": "maskopt-trial-checkpoint/1", "fingerprint": {}, "evil": optuna.distributions.IntDistribution(1, 2)},
                store.path(2))  # needs unpickling of code: weights_only refuses it
     state, note = store.load(2, {})
-    assert state is None and "cannot be read" in note
+    assert state is None and "holds objects other than tensors" in note and "nothing is unpickled" in note
+    assert "weights_only" not in note  # torch's advice to load it unsafely is not passed on
     assert store.load(3, {}) == (None, None)
     # The right format and fingerprint, but a structure no save writes: skipped, not a crash.
     torch.save({"format": "maskopt-trial-checkpoint/1", "fingerprint": {}, "fold": 1, "done": [], "train": {}},
@@ -122,7 +124,16 @@ def test_unusable_checkpoints_are_ignored_with_a_reason(tmp_path, space_dict):
     assert state is None and "malformed" in note and "starting from zero" in note
     store.path(5).mkdir()  # a folder where the file should be
     state, note = store.load(5, {})
-    assert state is None and "cannot be read" in note
+    assert state is None and "not a regular file" in note
+    store.remove(5)
+    assert store.path(5).is_dir()  # a folder of that name is not ours to delete
+    os.mkfifo(store.path(6))  # reading a FIFO would wait for a writer forever
+    signal.alarm(20)  # a hang fails the test instead of stopping the suite
+    try:
+        state, note = store.load(6, {})
+    finally:
+        signal.alarm(0)
+    assert state is None and "not a regular file" in note
 
 
 def test_a_training_state_of_other_shapes_is_refused_before_training(space_dict):

@@ -58,3 +58,68 @@ def test_search_whose_every_trial_fails_exits_non_zero_with_the_reason_even_quie
     assert "no trial of study 'broken' completed" in result.output
     assert f"2 trials: MaskoptError: cannot read weights file {broken}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_sampler_that_fails_every_trial_stops_the_search_with_the_reason(monkeypatch, write_space, demo_data,
+                                                                           cache_dir, tmp_path):
+    """A sampler that cannot propose (an option it cannot use that only shows when it samples) fails
+    each trial before any training: the search stops after a few with the reason, instead of looping."""
+    import optuna
+
+    from maskopt.search.study import runner
+
+    class Broken(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            raise TypeError("'int' object is not callable")
+
+    monkeypatch.setattr(runner, "build_sampler", lambda component, seed: Broken(seed=seed))
+    space = write_space(study={"data": str(demo_data), "name": "broken-sampler"}, params={"lr": [0.01, 0.02]})
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    result = CliRunner().invoke(cli, ["search", "--space", str(space), "--device", "cpu", "--cache-dir",
+                                      str(cache_dir), "--quiet", "--no-export", "--threads", "1", "--trials", "20",
+                                      "--storage", url])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the search stopped: trials 0, 1, 2 failed before training, with: the "
+                                    "sampler failed: TypeError: 'int' object is not callable.")
+    assert "another --study name" in result.output and "Traceback" not in result.output
+    assert len(optuna.load_study(study_name="broken-sampler", storage=url).trials) == 3
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A tmpfs folder too small for a checkpoint (skips, saying why, where no tmpfs can be mounted)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): no full disk to test against")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("where", ["full disk", "a file in the way"])
+def test_checkpoints_that_cannot_be_saved_are_a_warning_and_trials_train_on(where, request, write_space, demo_data,
+                                                                            cache_dir, tmp_path):
+    if where == "full disk":
+        checkpoints = request.getfixturevalue("full_disk") / "checkpoints"
+    else:
+        (tmp_path / "blocked").write_text("a file where the checkpoint folder should be")
+        checkpoints = tmp_path / "blocked" / "checkpoints"
+    space = write_space(study={"data": str(demo_data), "name": "nockpt", "epochs": 2})
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    result = CliRunner().invoke(cli, ["search", "--space", str(space), "--device", "cpu", "--cache-dir",
+                                      str(cache_dir), "--quiet", "--no-export", "--threads", "1", "--trials", "1",
+                                      "--storage", url, "--checkpoints", str(checkpoints)])
+    assert result.exit_code == 0, result.output
+    assert "warning: trial 0: cannot save checkpoints in" in result.stderr
+    assert "training on without them" in result.stderr and "--checkpoints elsewhere" in result.stderr
+    assert result.stderr.count("cannot save checkpoints") == 1  # once per trial, not once per epoch
+    import optuna
+
+    (trial,) = optuna.load_study(study_name="nockpt", storage=url).trials
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["epochs_trained"] == 4
+    assert "cannot save checkpoints" in trial.user_attrs["checkpoint_note"]
+    if where == "full disk":
+        assert not any(checkpoints.rglob("*.tmp"))  # the failed save left no temporary file

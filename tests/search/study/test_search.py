@@ -112,6 +112,12 @@ def test_study_stores_what_its_trials_share(main_study):
     assert best.epochs_trained == 2 * 6 and best.origin == best.number
 
 
+def test_complete_trials_record_their_cpu_latency_and_size(main_study):
+    for trial in top_trials(load(main_study.url, "main")):
+        assert set(trial.latency.ms_per_image) == {1, 32} and all(ms > 0 for ms in trial.latency.ms_per_image.values())
+        assert trial.latency.threads == 1 and trial.latency.params > 100_000  # mobilenetv3_small_050: 0.6 M
+
+
 def test_search_exports_the_best_trial_when_it_reaches_its_total(main_study):
     best = top_trials(load(main_study.url, "main"), 1)[0]
     assert f"exported trial {best.number} of study 'main'" in main_study.output
@@ -159,6 +165,19 @@ def test_resuming_with_another_dataset_path_is_allowed(space_dict, tmp_path):
     StudyRecord.of(study).bind_space(parse_space(space_dict(study={"data": "/elsewhere"})))
     with pytest.raises(SpaceError, match=r"study 'tiny' was created from a different search space than <space>"):
         StudyRecord.of(study).bind_space(parse_space(space_dict(study={"data": "/a/data"}, params={"batch_size": 8})))
+
+
+def test_a_study_stored_by_an_earlier_maskopt_resumes(space_dict, tmp_path):
+    """Keys a newer maskopt added to the space (with their defaults) do not make an earlier study's
+    stored space differ from the same file read today."""
+    space = parse_space(space_dict())
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'old.db'}", study_name="tiny", direction="maximize")
+    earlier = space.to_dict()
+    del earlier["study"]["workers_per_gpu"]  # a key it did not know yet
+    study.set_user_attr(record.SPACE, earlier)
+    StudyRecord.of(study).bind_space(space)  # resumes
+    with pytest.raises(SpaceError, match="different search space"):
+        StudyRecord.of(study).bind_space(parse_space(space_dict(study={"warmup_epochs": 0.5})))
 
 
 def test_enqueued_trials_run_even_when_they_fill_the_total(space_dict, demo_data, cache_dir, tmp_path):
@@ -260,6 +279,25 @@ def test_same_seed_gives_same_parameters_and_scores(space_dict, demo_data, cache
     first, second = outcome("a.db"), outcome("b.db")
     assert first == second
     assert first[0][0] != first[1][0]  # the sampler did draw two configurations
+
+
+def test_a_configuration_scores_the_same_whichever_trial_number_runs_it(space_dict, demo_data, cache_dir, tmp_path):
+    """Seeds come from (study seed, parameters, fold), not the trial number: two workers that take
+    the same configurations in swapped order score each configuration identically."""
+    space = parse_space(space_dict(study={"data": str(demo_data), "seed": 3, "epochs": 2},
+                                   params={"lr": [0.003, 0.02], "aug_strength": 0.3}))
+
+    def scores(db, order):
+        url = f"sqlite:///{tmp_path / db}"
+        queued = optuna.create_study(storage=url, study_name="tiny", direction="maximize")
+        for lr in order:
+            queued.enqueue_trial({"lr": lr})
+        study, _ = search(space, tmp_path, cache_dir, trials=2, db=db)
+        return {t.params["lr"]: (t.value, t.user_attrs["fold_f1"], t.intermediate_values) for t in study.trials}
+
+    in_order, swapped = scores("a.db", [0.003, 0.02]), scores("b.db", [0.02, 0.003])
+    assert in_order == swapped
+    assert in_order[0.003][0] != in_order[0.02][0]  # two configurations that train differently
 
 
 def test_wilcoxon_reports_per_fold_and_stops_a_worse_trial_early(space_dict, demo_data, cache_dir, tmp_path):

@@ -17,6 +17,7 @@ from worker_processes import (
     kill,
     load,
     make_tiny_data,
+    run_to_completion,
     scored_an_epoch,
     start_worker,
     wait_for_running_trial,
@@ -160,3 +161,96 @@ def test_a_resumed_study_does_not_repeat_its_first_configuration_but_stays_repro
     resumed = lrs("resumed.db", 1, 2)
     assert resumed[0] != resumed[1]  # the rerun's sampler was not seeded as the first run's
     assert lrs("again.db", 1, 2) == resumed  # same seed, same history: same proposals
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_rerun_after_sigkill_in_the_first_trial_never_redraws_the_killed_trials_parameters(sampler, tiny_data,
+                                                                                            tmp_path):
+    """The killed trial is failed (and queued again, keeping its parameters) before the rerun seeds its
+    sampler; seeded while the dead trial still looked RUNNING, the sampler drew the same point again."""
+    storage = f"sqlite:///{tmp_path / 'first.db'}"
+    space = write_space(tmp_path, "first", epochs=2)
+    space.write_text(space.read_text().replace("sampler: random", f"sampler: {sampler}"))
+    victim = start_worker(space, tiny_data, storage, 3, tmp_path / "cache")
+    doomed = wait_for_running_trial(storage, "first", victim, until=scored_an_epoch)
+    kill(victim)
+
+    run_to_completion(space, tiny_data, storage, 3, tmp_path / "cache")
+    trials = load(storage, "first").get_trials()
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == doomed.number]
+    assert retry.params == doomed.params
+    fresh = [t for t in trials if t.number not in (doomed.number, retry.number)]
+    assert len(fresh) == 2 and all(t.params != doomed.params for t in fresh)
+
+
+def _trial_numbers(storage: str, name: str) -> set[int]:
+    try:
+        return {t.number for t in load(storage, name).get_trials()}
+    except KeyError:  # the study does not exist yet
+        return set()
+
+
+def _first_running(storage: str, name: str, process, until=lambda trial: True, *, before: set[int],
+                   timeout: float = 180):
+    """The first RUNNING trial, not among the trials ``before`` (a killed worker's trial still looks
+    RUNNING until the new worker fails it), that satisfies ``until``, stamped or not: polled fast, so
+    the moment can be a trial's first instant."""
+    deadline, study = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"worker exited {process.returncode} first"
+        try:
+            study = study or load(storage, name)  # loaded once: each poll is then one query
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.number not in before and until(t)]
+        except KeyError:  # the study does not exist yet
+            running = []
+        if running:
+            return running[0]
+        time.sleep(0.02)
+    raise AssertionError("no such trial came")
+
+
+# From a trial's first instant (created, perhaps not yet stamped with its worker or given its
+# parameters) to mid-epoch: the moments at which a worker is stopped, one after another, each moment
+# with more than one signal and each signal at more than one moment.
+KILL_MOMENTS = {
+    "first instant": lambda t: True,
+    "parameters stored": lambda t: bool(t.params),
+    "an epoch scored": scored_an_epoch,
+    "mid second fold": lambda t: len(t.intermediate_values) >= 3,
+}
+KILLS = [("first instant", signal.SIGTERM), ("first instant", signal.SIGKILL), ("parameters stored", signal.SIGINT),
+         ("parameters stored", signal.SIGKILL), ("an epoch scored", signal.SIGTERM), ("an epoch scored", signal.SIGINT),
+         ("mid second fold", signal.SIGKILL), ("mid second fold", signal.SIGTERM)]
+
+
+def test_stopped_at_every_moment_of_a_trial_by_every_signal_the_study_still_reaches_its_total(tiny_data, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'moments.db'}"
+    space = write_space(tmp_path, "moments", epochs=2)
+    # A total well above the kills: a worker may finish a trial or two before the moment comes, and
+    # must never reach the total first. An unstamped trial of a killed worker is dead after 2 s.
+    total, beat = 12, ("--heartbeat-interval", "1")
+    for moment, sig in KILLS:
+        before = _trial_numbers(storage, "moments")
+        worker = start_worker(space, tiny_data, storage, total, tmp_path / "cache", *beat)
+        _first_running(storage, "moments", worker, KILL_MOMENTS[moment], before=before)
+        worker.send_signal(sig)
+        out = finish(worker, timeout=120)
+        where = f"{signal.Signals(sig).name} at {moment}"
+        if sig == signal.SIGKILL:
+            assert worker.returncode == -signal.SIGKILL, where
+        else:
+            assert worker.returncode == 130, f"{where}: {out}"
+            assert "interrupted" in out and "Traceback" not in out, f"{where}: {out}"
+            _, running = finished_and_running(storage, "moments")
+            assert running == [], f"{where}: a trial left RUNNING by a clean stop"
+
+    rerun = start_worker(space, tiny_data, storage, total, tmp_path / "cache", *beat)
+    out = finish(rerun, timeout=300)
+    assert rerun.returncode == 0, out
+    finished, running = finished_and_running(storage, "moments")
+    assert len(finished) == total and running == []
+    trials = load(storage, "moments").get_trials()
+    # Every stopped trial was failed and queued again; none counted towards the total.
+    assert all(t.state in (TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert not any(t.user_attrs.get("fail_reason") for t in trials)
