@@ -34,6 +34,7 @@ MODULES = {
     "onnx": "onnx_latency",
     "curves": "curves",
     "replay": "replay",
+    "latency": "latency_budget",
 }
 DEFAULT = ("loop", "data", "pruning", "search", "storage", "memory")
 ALIASES = {module: name for name, module in MODULES.items()}

@@ -77,7 +77,13 @@ SIZES = {  # (quick, full): Fashion-MNIST images per class, demo persons
 
 def space_of(setting: Setting, *, weights: Path):
     """The grid as a maskopt space: each searched parameter a choice of its grid values."""
-    from maskopt.search.space import Choice, Component, Constant, SearchSpace, StudySettings
+    from maskopt.search.space import (
+        Choice,
+        Component,
+        Constant,
+        SearchSpace,
+        StudySettings,
+    )
 
     study = StudySettings(name=f"curves-{setting.dataset}", folds=setting.folds, epochs=setting.epochs,
                           sampler=Component("random"), pruner=Component("none"), pretrained=True,

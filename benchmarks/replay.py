@@ -56,14 +56,16 @@ def strategies() -> dict[str, tuple]:
 STOCK = 5  # the first five strategies are stock Optuna
 
 
-NEVER = 1e12  # stands for "never reached" in the quartiles; anything past half of it reads as never
-
-
 def quartiles(values) -> tuple[float, float, float]:
-    """First quartile, median, third quartile; infinite values (never reached) stay infinite, and so
-    does a quartile that falls between a reached and an unreached seed."""
-    finite = np.minimum(np.asarray(values, dtype=float), NEVER)
-    return tuple(math.inf if q > NEVER / 2 else float(q) for q in np.percentile(finite, [25, 50, 75]))
+    """First quartile, median and third quartile, interpolated linearly (as numpy's default); a
+    quartile that falls on or next to an infinite value (never reached) is infinite."""
+    ordered = sorted(float(v) for v in values)
+    out = []
+    for q in (0.25, 0.5, 0.75):
+        position = q * (len(ordered) - 1)
+        low, high = ordered[math.floor(position)], ordered[math.ceil(position)]
+        out.append(math.inf if math.isinf(high) else low + (high - low) * (position - math.floor(position)))
+    return tuple(out)
 
 
 def spread(values, fmt: str = "{:.2f}") -> str:

@@ -28,9 +28,9 @@ try:
 except PackageNotFoundError:  # a bare checkout that was never installed
     __version__ = "0+unknown"
 
-_API = ("search", "export_best", "export_onnx_folder", "predict", "score", "report", "label_issues", "studies", "dashboard",
-        "import_weights", "eda", "make_demo_data", "load_space", "load_study", "replay", "SearchSpace", "SearchResult",
-        "ExportResult")
+_API = ("search", "export_best", "export_onnx_folder", "predict", "score", "report", "label_issues", "studies",
+        "dashboard", "import_weights", "eda", "make_demo_data", "load_space", "load_study", "replay", "SearchSpace",
+        "SearchResult", "ExportResult")
 _ERRORS = ("MaskoptError", "DataError", "SpaceError", "StorageError", "ExportError", "NotAMaskoptStudy",
            "LabelIssuesError", "SearchInterrupted")
 

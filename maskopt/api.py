@@ -28,12 +28,13 @@ from maskopt.search.report import label_issues, report
 from maskopt.search.space import Component, SearchSpace, load_space
 from maskopt.search.space.schema import check_workers_per_gpu
 from maskopt.search.study.record import StudyRecord
+from maskopt.search.study.record import study_summaries as studies  # the `maskopt studies` command
 from maskopt.search.study.replay import StudyReplay, replay_study
 from maskopt.search.study.runner import SearchResult, run_search
 from maskopt.search.study.workers import run_workers
 from maskopt.search.train.resources import threads_per_worker
 from maskopt.search.train.weights import import_weights
-from maskopt.storage import DEFAULT_ARTIFACT_DIR, studies
+from maskopt.storage import DEFAULT_ARTIFACT_DIR
 from maskopt.storage import serve_dashboard as dashboard
 
 logger = logging.getLogger(__name__)

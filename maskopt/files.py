@@ -71,12 +71,24 @@ def check_target(path: str | Path, *, error: type[MaskoptError] = MaskoptError, 
         raise write_failed(path, e, error=error, option=option) from None
     if stat.S_ISREG(mode):
         return
-    kind = ("a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a special file")
-    raise error(f"{printable(path)} is {kind}, not a regular file, and was left as it is; give `{option}` the path "
-                f"of a regular file")
+    raise error(f"{printable(path)} is {kind_of(mode)}, not a regular file, and was left as it is; give `{option}` "
+                f"the path of a regular file")
+
+
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """What a ``st_mode`` describes, as words: ``a FIFO``, ``a folder``, ``a symlink`` (from ``lstat``)..."""
+    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "a special file")
 
 
 def write_atomically(path: str | Path, data: str | bytes, *, error: type[MaskoptError] = MaskoptError,

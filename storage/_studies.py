@@ -145,6 +145,8 @@ class StudySummary:
         first_start: When the first trial started; None before any did.
         last_complete: When the last trial finished (complete, pruned or failed); None before
             any did.
+        best_latency_ms: The best trial's CPU latency, ms per image at batch 1, where the study
+            layer filled it in (``maskopt.search.study.record.study_summaries``); else None.
     """
 
     name: str
@@ -157,6 +159,7 @@ class StudySummary:
     best_value: float | None
     first_start: datetime | None
     last_complete: datetime | None
+    best_latency_ms: float | None = None
 
     @property
     def n_trials(self) -> int:

@@ -32,14 +32,16 @@ from maskopt.files import printable
               help="Also write model.onnx (models, flip and offsets in one graph from uint8 pixels), verified "
                    "against PyTorch on 100 training images.")
 @click.option("--onnx-opset", type=int, metavar="N", help="ONNX opset of --onnx, 13..20  [default: 17]")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), metavar="MS",
+              help="Export the most accurate trial whose CPU latency (ms per image, batch 1) is within MS.")
 @artifacts_option("Folder where the search stored out-of-fold predictions (for --ensemble, --calibrate).")
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
 @device_option
 @threads_option
 @cache_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def export_best(storage, study, data, out, tta, ensemble_folds, ensemble, calibrate, onnx, onnx_opset, artifacts,
-                force, device, threads, cache_dir, quiet):
+def export_best(storage, study, data, out, tta, ensemble_folds, ensemble, calibrate, onnx, onnx_opset, max_latency_ms,
+                artifacts, force, device, threads, cache_dir, quiet):
     """Retrain the best trial on all data and export weights, config and submission.
 
     \b
@@ -52,8 +54,8 @@ def export_best(storage, study, data, out, tta, ensemble_folds, ensemble, calibr
 
     result = run_export(storage=storage, study=study, data=data, out=out, tta=tta, ensemble_folds=ensemble_folds,
                         ensemble=ensemble, calibrate=calibrate, onnx=onnx, onnx_opset=onnx_opset,
-                        artifacts=artifacts, force=force, device=device, threads=threads, cache_dir=cache_dir,
-                        quiet=quiet)
+                        max_latency_ms=max_latency_ms, artifacts=artifacts, force=force, device=device,
+                        threads=threads, cache_dir=cache_dir, quiet=quiet)
     click.echo(echo_export(result))
 
 
@@ -73,7 +75,7 @@ def echo_export(result) -> str:
         lines.append(f"  class offsets: out-of-fold macro F1 {c.oof_macro_f1:.4f} -> {c.nested_oof_macro_f1:.4f} "
                      f"({c.nested_oof_macro_f1 - c.oof_macro_f1:+.4f}, offsets fitted on the other folds)")
     if result.onnx is not None:
-        lines.append(echo_onnx(result.onnx, "training images (labelled)"))
+        lines.append(echo_onnx(result.onnx, f"{result.onnx.check.images} training images (labelled)"))
     if result.submission is not None:
         lines.append(f"  submission: {printable(result.submission)}")
     return "\n".join(lines)
@@ -103,12 +105,12 @@ def export_onnx(model_dir, data, opset, force, threads, cache_dir, quiet):
     """Add model.onnx, an ONNX graph of an export's models, to the export, verified against PyTorch.
 
     The graph takes uint8 RGB pixels [batch, 3, S, S] (no normalisation: it is inside) and returns
-    probs and scores; argmax of scores is maskopt's class. `predict --engine onnx` runs it.
+    probs and scores; argmax of scores is maskopt's class. `predict --runtime onnx` runs it.
 
     \b
     Example:
       maskopt export-onnx exports/demo --data demo-data
-      maskopt predict --model exports/demo --data demo-data --engine onnx
+      maskopt predict --model exports/demo --data demo-data --runtime onnx
     """
     from maskopt.search.export import export_onnx_folder
 
@@ -125,23 +127,23 @@ def export_onnx(model_dir, data, opset, force, threads, cache_dir, quiet):
               help="Competition data folder (predicts eval/), or a class-folder / CSV dataset.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output CSV  [default: MODEL/predictions.csv]")
 @click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation  [default: as exported]")
-@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="Run the export's PyTorch models, or its ONNX graph on onnxruntime (CPU; see export-onnx).")
 @device_option
 @threads_option
 @cache_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict(model, data, out, tta, engine, device, threads, cache_dir, quiet):
+def predict(model, data, out, tta, runtime, device, threads, cache_dir, quiet):
     """Write predictions of a saved export for a dataset.
 
     \b
     Example:
       maskopt predict --model exports/demo --data demo-data --out submission.csv
-      maskopt predict --model exports/demo --data demo-data --engine onnx
+      maskopt predict --model exports/demo --data demo-data --runtime onnx
     """
     from maskopt.search.export import predict as run_predict
 
-    path = run_predict(model=model, data=data, out=out, tta=tta, engine=engine, device=device, threads=threads,
+    path = run_predict(model=model, data=data, out=out, tta=tta, runtime=runtime, device=device, threads=threads,
                        cache_dir=cache_dir, quiet=quiet)
     click.echo(f"wrote {printable(path)}")
 

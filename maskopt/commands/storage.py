@@ -23,8 +23,8 @@ def studies(storage, as_json):
     """
     import json
 
+    from maskopt.search.study.record import study_summaries as list_studies
     from maskopt.storage import redact, resolve_url
-    from maskopt.storage import studies as list_studies
 
     summaries = list_studies(storage=storage)
     if as_json:
@@ -41,7 +41,7 @@ def studies(storage, as_json):
 def _table(summaries) -> str:
     """Rows that fit in 80 columns; names too long for the room left are cut, and names made by
     another program than maskopt have their control characters escaped (``\\x1b``)."""
-    headers = ("DIR", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "BEST")
+    headers = ("DIR", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "BEST", "MS/IMG")
     rows = [
         (
             _short_direction(s.direction),
@@ -50,6 +50,7 @@ def _table(summaries) -> str:
             str(s.n_fail),
             str(s.n_running),
             "-" if s.best_value is None else f"{s.best_value:.6g}",
+            "-" if s.best_latency_ms is None else f"{s.best_latency_ms:.3g}",
         )
         for s in summaries
     ]

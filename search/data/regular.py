@@ -13,15 +13,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-_KINDS = (
-    (stat.S_ISREG, "a regular file"),
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
+from maskopt.files import kind_of
 
 MISSING = "does not exist"
 """What ``path_problem`` says of a path that is not there."""
@@ -29,11 +21,6 @@ MISSING = "does not exist"
 
 class NotARegularFile(OSError):
     """A path names a FIFO, a device, a socket or a folder where a file is expected."""
-
-
-def kind_of(mode: int) -> str:
-    """What a ``st_mode`` describes, as words: ``a FIFO``, ``a folder``, ``a regular file``..."""
-    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "a special file")
 
 
 def path_problem(path: str | Path, expected: str = "an image file", *, is_wanted=stat.S_ISREG) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import fcntl
 import logging
 import os
@@ -140,6 +141,7 @@ def export_best(
     calibrate: bool = False,
     onnx: bool = False,
     onnx_opset: int | None = None,
+    max_latency_ms: float | None = None,
     artifacts: str | Path | None = DEFAULT_ARTIFACT_DIR,
     force: bool = False,
     device: str = "auto",
@@ -164,10 +166,12 @@ def export_best(
         calibrate: Fit per-class offsets on the out-of-fold log-probabilities that maximise
             macro F1, store them in the export and apply them in ``predict``.
         onnx: Also write ``model.onnx``: the export's models, flip and class offsets as one ONNX graph
-            from uint8 pixels to scores (``predict`` runs it with ``engine="onnx"``), verified against
+            from uint8 pixels to scores (``predict`` runs it with ``runtime="onnx"``), verified against
             PyTorch on up to 100 training images; a graph that differs is refused, and nothing of the
             new export is written. Needs members of one image size.
         onnx_opset: The ONNX opset of the graph (13..20; default 17).
+        max_latency_ms: Export the most accurate trial whose recorded CPU latency (ms per image at
+            batch 1, one thread) is within this budget; an ensemble picks among those only.
         artifacts: The artifact folder the search stored out-of-fold predictions in
             (None: ``maskopt-artifacts``); read for ``ensemble`` and ``calibrate``.
         force: Replace an existing export folder.
@@ -193,7 +197,10 @@ def export_best(
     progress = not quiet
     record = StudyRecord.open(storage, study)
     space = record.space
-    candidates = record.top(MAX_ENSEMBLE_CANDIDATES if ensemble > 1 else 1)
+    if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+        raise ExportError(f"`max_latency_ms` must be a number of milliseconds above 0, got {max_latency_ms}")
+    candidates = record.top(MAX_ENSEMBLE_CANDIDATES if ensemble > 1 else 1) if max_latency_ms is None else \
+        _within_budget(record, max_latency_ms)[:MAX_ENSEMBLE_CANDIDATES if ensemble > 1 else 1]
     if not candidates:
         states = {}
         for t in record.trials():
@@ -305,7 +312,7 @@ def export_onnx_folder(
 
     ``model.onnx`` holds the export's models, its flip (``tta``) and its class offsets, as
     ``export_best(onnx=True)`` writes it, and config.json records it (``onnx``); ``predict`` runs it
-    with ``engine="onnx"``. The graph is checked on up to 100 of the images of ``data`` before
+    with ``runtime="onnx"``. The graph is checked on up to 100 of the images of ``data`` before
     anything in the folder changes: the eval images of a competition folder, else the images of a
     class-folder or CSV dataset (with their labels, for macro F1, when its classes are among the export's).
     An export records no path to its dataset, so ``data`` names them. The graph and the config
@@ -412,6 +419,26 @@ def _verification_images(data: Path, config, image_size: int, cache_dir, *, prog
     if labels is None:
         return images, None, described
     return images, labels[rows], described + " (labelled)"
+
+
+def _within_budget(record: StudyRecord, max_latency_ms: float) -> list[TrialRecord]:
+    """The complete trials whose CPU latency is within ``max_latency_ms``, best first.
+
+    Raises:
+        ExportError: None is, saying how fast the fastest one is.
+    """
+    complete = record.top(len(record.study.trials))
+    timed = [t for t in complete if t.latency and 1 in t.latency.ms_per_image]
+    within = [t for t in timed if t.latency.ms_per_image[1] <= max_latency_ms]
+    if complete and not within:
+        if not timed:
+            raise ExportError(f"no complete trial of study {record.name!r} has a recorded CPU latency (trials made "
+                              f"before maskopt recorded it); leave out `max_latency_ms`")
+        fastest = min(timed, key=lambda t: t.latency.ms_per_image[1])
+        raise ExportError(f"no complete trial of study {record.name!r} is within `max_latency_ms` {max_latency_ms:g}: "
+                          f"the fastest, trial {fastest.number}, takes {fastest.latency.ms_per_image[1]:.3g} ms per "
+                          f"image (macro F1 {fastest.value:.4f})")
+    return within
 
 
 def _export_trial(folder: Path, trial: TrialRecord, params, settings, prepared, device, study_name: str, *,

@@ -18,7 +18,7 @@ caller, is future work.
 
 An export folder gets its graph from :func:`export_graph` (``export-best --onnx``, ``export-onnx``):
 ``model.onnx`` beside the weights, verified against PyTorch, recorded under ``config.json``'s ``onnx``
-key (:class:`~maskopt.search.export.config.OnnxFile`); ``predict --engine onnx`` runs it.
+key (:class:`~maskopt.search.export.config.OnnxFile`); ``predict --runtime onnx`` runs it.
 
 Exporter: torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``). It needs
 no package beyond torch, exports resnet10t, mobilenetv3_small_050, tf_efficientnet_lite0 and ViTs
@@ -292,7 +292,7 @@ def one_image_size(image_sizes) -> int:
     if len(sizes) > 1:
         raise ExportError(f"the ensemble's members take images of {', '.join(map(str, sizes))} px, and an ONNX "
                           f"graph has one input size: maskopt cannot write an ONNX graph of it yet (one file per "
-                          f"image size is future work). Such an ensemble predicts with the PyTorch engine only")
+                          f"image size is future work). Such an ensemble predicts with the torch runtime only")
     return sizes[0]
 
 

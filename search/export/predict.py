@@ -1,6 +1,6 @@
 """Predicting with an export folder: its checked config, its models, averaged probabilities.
 
-Two engines: ``torch`` builds the export's PyTorch models; ``onnx`` runs the export's ONNX graph
+Two runtimes: ``torch`` builds the export's PyTorch models; ``onnx`` runs the export's ONNX graph
 (``model.onnx``: every model, the flip and the class offsets inside) on onnxruntime's CPU
 provider, with no PyTorch model built. Both predict the same classes (the graph is verified
 against PyTorch when it is written).
@@ -39,7 +39,7 @@ from maskopt.search.train.resources import torch_session
 
 SUBMISSION_FILE = "submission.csv"
 
-ENGINES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx")
 """What ``predict`` runs an export on: its PyTorch models, or its ONNX graph on onnxruntime."""
 
 __all__ = ["CONFIG_FILE", "ENGINES", "EXPORT_FORMAT", "SUBMISSION_FILE", "decoded_images", "eval_set_of",
@@ -92,14 +92,14 @@ def decoded_images(paths, *, image_size: int, cache_dir: str | Path | None = Non
 
 
 def predict_images(model_dir: str | Path, paths, *, device, tta: bool | None = None,
-                   cache_dir: str | Path | None = None, progress: bool = False, engine: str = "torch") -> np.ndarray:
+                   cache_dir: str | Path | None = None, progress: bool = False, runtime: str = "torch") -> np.ndarray:
     """Class index per image: the export's averaged probabilities, plus its class offsets if any.
 
-    With ``engine="onnx"`` the export's ONNX graph computes them (its ``tta`` is the one it was
+    With ``runtime="onnx"`` the export's ONNX graph computes them (its ``tta`` is the one it was
     exported with; ``device`` is not used), and no PyTorch model is built.
     """
     config = read_export_config(model_dir)
-    if engine == "onnx":
+    if runtime == "onnx":
         graph = _onnx_of(model_dir, config, tta)
         images = decoded_images(paths, image_size=graph.preprocessing.image_size, cache_dir=cache_dir,
                                 progress=progress)
@@ -134,7 +134,7 @@ def predict_probs(model_dir: str | Path, paths, *, device, tta: bool, cache_dir:
 
 
 def predict(*, model: str | Path, data: str | Path, out: str | Path | None = None, tta: bool | None = None,
-            engine: str = "torch", device: str = "auto", threads: int | None = None,
+            runtime: str = "torch", device: str = "auto", threads: int | None = None,
             cache_dir: str | Path | None = None, quiet: bool = False) -> Path:
     """Write predictions of an export for a dataset.
 
@@ -145,11 +145,11 @@ def predict(*, model: str | Path, data: str | Path, out: str | Path | None = Non
         model: An export folder (from ``export_best``).
         data: Competition data folder (its ``eval/`` is predicted), or a class-folder / CSV dataset.
         out: The CSV to write (default ``<model>/predictions.csv``).
-        tta: Average with the horizontally flipped image (default: as exported; with ``engine="onnx"``,
+        tta: Average with the horizontally flipped image (default: as exported; with ``runtime="onnx"``,
             only as exported: the flip is inside the graph).
-        engine: ``torch`` (the export's PyTorch models) or ``onnx`` (its ONNX graph, on onnxruntime's
+        runtime: ``torch`` (the export's PyTorch models) or ``onnx`` (its ONNX graph, on onnxruntime's
             CPU provider; add one to an export with ``export_onnx_folder``).
-        device: ``auto``, ``cpu`` or ``cuda`` (the ``torch`` engine's).
+        device: ``auto``, ``cpu`` or ``cuda`` (the ``torch`` runtime's).
         threads: CPU threads for torch or onnxruntime (default: the free cores); torch's setting is
             restored after.
         cache_dir: Decoded-image cache folder.
@@ -161,49 +161,49 @@ def predict(*, model: str | Path, data: str | Path, out: str | Path | None = Non
     Raises:
         ExportError: ``model`` is not a valid export (see :func:`read_export_config`), or ``out`` is not
             a regular file (a symlink, a device, a folder: it is left as it is) or cannot be written;
-            with ``engine="onnx"``, the export has no ONNX graph, or its file fails its checks
+            with ``runtime="onnx"``, the export has no ONNX graph, or its file fails its checks
             (see :func:`~maskopt.search.export.onnx_runtime.onnx_session`).
         DataError: ``data`` cannot be read, or an image to predict is missing or unreadable.
     """
 
     model, data = Path(model), Path(data)
-    if engine not in ENGINES:
-        raise ExportError(f"unknown `engine` {shorten(repr(engine))}; choose {' or '.join(ENGINES)}")
+    if runtime not in RUNTIMES:
+        raise ExportError(f"unknown `runtime` {shorten(repr(runtime))}; choose {' or '.join(RUNTIMES)}")
     config = read_export_config(model)  # checked before the device is set up or any data is read
-    if engine == "onnx":
+    if runtime == "onnx":
         _onnx_of(model, config, tta)
         if device == "cuda":
-            raise ExportError("`engine` onnx runs on the CPU (onnxruntime's CPU provider); leave out `device`, "
-                              "or predict with `engine` torch on the GPU")
+            raise ExportError("`runtime` onnx runs on the CPU (onnxruntime's CPU provider); leave out `device`, "
+                              "or predict with `runtime` torch on the GPU")
     out = Path(out) if out is not None else model / "predictions.csv"
     check_target(out, error=ExportError)  # before the images are read and predicted
-    with torch_session("cpu" if engine == "onnx" else device, threads) as torch_device:
+    with torch_session("cpu" if runtime == "onnx" else device, threads) as torch_device:
         if detect_layout(data) == "competition":
             ids, paths = eval_set_of(data, "competition")
             predictions = predict_images(model, paths, device=torch_device, tta=tta, cache_dir=cache_dir,
-                                         progress=not quiet, engine=engine)
+                                         progress=not quiet, runtime=runtime)
             write_submission(out, ids, predictions, header=("ImageID", "ans"))
         else:
             dataset = load_dataset(data)
             predictions = predict_images(model, dataset.paths, device=torch_device, tta=tta, cache_dir=cache_dir,
-                                         progress=not quiet, engine=engine)
+                                         progress=not quiet, runtime=runtime)
             names = [config.class_names[i] for i in predictions]
             write_submission(out, dataset.relative_paths(), names, header=("path", "label"))
     return out
 
 
 def _onnx_of(model_dir, config, tta: bool | None):
-    """The export's ONNX graph record, for the ``onnx`` engine.
+    """The export's ONNX graph record, for the ``onnx`` runtime.
 
     Raises:
         ExportError: The export has none, or ``tta`` asks for another flip than the graph holds.
     """
     if config.onnx is None:
         raise ExportError(f"{printable(model_dir)} has no ONNX graph (no 'onnx' in its {CONFIG_FILE}): add one with "
-                          f"maskopt export-onnx, or predict with `engine` torch")
+                          f"maskopt export-onnx, or predict with `runtime` torch")
     if tta is not None and tta != config.tta:
         raise ExportError(f"the ONNX graph of {printable(model_dir)} was exported with tta={config.tta}, which is "
-                          f"inside the graph: leave out `tta`, or predict with `engine` torch")
+                          f"inside the graph: leave out `tta`, or predict with `runtime` torch")
     return config.onnx
 
 

@@ -9,6 +9,7 @@ module reads ``user_attrs`` or ``system_attrs`` by key, and the keys are named i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from maskopt.errors import DataError, NotAMaskoptStudy, SpaceError
 from maskopt.search.data.dataset import ImageDataset, load_dataset
 from maskopt.search.space import SearchSpace, parse_space
-from maskopt.storage import load_existing_study, open_storage
+from maskopt.storage import StudySummary, list_studies, load_existing_study, open_storage
 
 # Trial user attributes, written by the objective.
 FOLD_F1 = "fold_f1"  # best-epoch macro F1 of each finished fold
@@ -453,3 +454,20 @@ def _trained(space_dict: dict) -> tuple:
     study = space_dict.get("study")
     settings = {k: v for k, v in study.items() if k not in _NOT_TRAINED} if isinstance(study, dict) else {}
     return space_dict.get("params"), settings
+
+
+def study_summaries(*, storage: str | None = None) -> list[StudySummary]:
+    """The studies in ``storage`` with trial counts by state; for a maskopt study, its best value is
+    the best macro F1 of a trial that ran every fold (a two-objective study has one too), with that
+    trial's CPU latency."""
+    opened = open_storage(storage, heartbeat_interval=None, create=False)
+    summaries = []
+    for summary in list_studies(opened):
+        record = StudyRecord(optuna.load_study(study_name=summary.name, storage=opened))
+        if record.has_space:
+            best = record.top(1)
+            latency = best[0].latency if best else None
+            summary = dataclasses.replace(summary, best_value=best[0].value if best else None,
+                                          best_latency_ms=latency.ms_per_image.get(1) if latency else None)
+        summaries.append(summary)
+    return summaries

@@ -42,8 +42,8 @@ def test_studies_table(sqlite_url):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == f"1 study in {sqlite_url}"
-    assert lines[1].split() == ["NAME", "DIR", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "BEST"]
-    assert lines[2].split() == ["masks-resnet", "max", "3", "1", "1", "0", "0.875"]
+    assert lines[1].split() == ["NAME", "DIR", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "BEST", "MS/IMG"]
+    assert lines[2].split() == ["masks-resnet", "max", "3", "1", "1", "0", "0.875", "-"]  # not a maskopt study
     assert all(len(line) <= 80 for line in lines)
 
 

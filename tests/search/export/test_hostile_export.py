@@ -195,6 +195,18 @@ def test_an_ensemble_in_todays_format_loads_round_trips_and_predicts(good_export
     assert result.exit_code == 0, result.output + repr(result.exception)
 
 
+def test_a_member_folder_no_path_can_name_is_refused(tmp_path):
+    from maskopt.errors import ExportError
+    from maskopt.search.export import read_export_config
+
+    config = {"format": "maskopt-export/1", "num_classes": 18, "class_names": list(L.class_names()), "tta": False,
+              "members": [{"folder": "member\0trial-3", "weight": 1.0}]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"key 'members': folder 'member\\x00trial-3' must be the name of a folder "
+                                          r"inside the export"):
+        read_export_config(tmp_path)
+
+
 def test_one_kind_of_config_is_not_read_as_the_other(good_export):
     from maskopt.errors import ExportError
     from maskopt.search.export import EnsembleConfig

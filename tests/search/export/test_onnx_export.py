@@ -1,5 +1,5 @@
 """ONNX in export folders, through the real command line: ``export-best --onnx``, ``export-onnx`` and
-``predict --engine onnx`` on the main study's export (copies of its storage and export; neither is changed).
+``predict --runtime onnx`` on the main study's export (copies of its storage and export; neither is changed).
 """
 
 from __future__ import annotations
@@ -93,20 +93,20 @@ def test_export_best_writes_a_verified_graph_and_records_it(onnx_export):
     assert check["images"] == 100 and check["passed"] is True and check["top1_agreement"] == 1.0
     assert 0 <= check["max_abs_score_diff"] <= check["tolerance"] == 1e-3
     assert check["torch_macro_f1"] == check["onnx_macro_f1"] and 0 < check["torch_macro_f1"] <= 1
-    assert ("  ONNX: model.onnx (opset 17), checked against PyTorch on training images (labelled):\n"
+    assert ("  ONNX: model.onnx (opset 17), checked against PyTorch on 100 training images (labelled):\n"
             f"    largest score difference {check['max_abs_score_diff']:.2g} (tolerance 0.001), top-1 agreement "
             f"100.0%, macro F1 {check['torch_macro_f1']:.4f} PyTorch / {check['onnx_macro_f1']:.4f} ONNX") in output
 
 
-def test_the_onnx_engine_writes_the_torch_engines_submission(onnx_export, main_study, tmp_path, monkeypatch):
+def test_the_onnx_runtime_writes_the_torch_runtimes_submission(onnx_export, main_study, tmp_path, monkeypatch):
     predict_module = importlib.import_module("maskopt.search.export.predict")  # the package names the function
     out, _, _ = onnx_export
 
     def no_torch_model(*args, **kwargs):
-        raise AssertionError("the onnx engine built a PyTorch model")
+        raise AssertionError("the onnx runtime built a PyTorch model")
 
     monkeypatch.setattr(predict_module, "build_model", no_torch_model)
-    result = predict_cli(main_study, out, tmp_path / "onnx.csv", "--engine", "onnx")
+    result = predict_cli(main_study, out, tmp_path / "onnx.csv", "--runtime", "onnx")
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (tmp_path / "onnx.csv").read_bytes() == (out / "submission.csv").read_bytes()  # TTA inside the graph
 
@@ -185,7 +185,7 @@ def test_export_onnx_adds_a_verified_graph_to_an_export(export_copy, main_study,
                                                              "submission.csv"]
 
     # The demo-like export's submission, from onnxruntime.
-    result = predict_cli(main_study, export_copy, tmp_path / "onnx.csv", "--engine", "onnx")
+    result = predict_cli(main_study, export_copy, tmp_path / "onnx.csv", "--runtime", "onnx")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "onnx.csv").read_bytes() == (export_copy / "submission.csv").read_bytes()
 
@@ -279,11 +279,11 @@ def test_an_ensemble_of_several_image_sizes_is_refused(export_copy, main_study, 
     result = invoke("export-onnx", folder, "--data", main_study.data)
     assert_clean_error(result, "the ensemble's members take images of 32, 48 px, and an ONNX graph has one input "
                                "size: maskopt cannot write an ONNX graph of it yet (one file per image size is future "
-                               "work). Such an ensemble predicts with the PyTorch engine only")
+                               "work). Such an ensemble predicts with the torch runtime only")
     assert not (folder / "model.onnx").exists()
 
 
-# --- predict --engine onnx: what it refuses ------------------------------------------------------------
+# --- predict --runtime onnx: what it refuses ------------------------------------------------------------
 
 
 @pytest.fixture
@@ -322,7 +322,7 @@ def with_external_data(good: bytes) -> bytes:
 def test_predict_refuses_a_hostile_graph(onnx_copy, main_study, tmp_path, spoil, message):
     path = onnx_copy / "model.onnx"
     path.write_bytes(spoil(path.read_bytes()))
-    result = predict_cli(main_study, onnx_copy, tmp_path / "p.csv", "--engine", "onnx")
+    result = predict_cli(main_study, onnx_copy, tmp_path / "p.csv", "--runtime", "onnx")
     assert_clean_error(result, message)
     assert not (tmp_path / "p.csv").exists()
 
@@ -354,29 +354,29 @@ def changed_onnx(**changes):
 def test_predict_refuses_a_hostile_onnx_record(onnx_copy, main_study, tmp_path, change, message):
     path = onnx_copy / "config.json"
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
-    for engine in ("torch", "onnx"):  # the whole config is checked, whichever engine runs
-        result = predict_cli(main_study, onnx_copy, tmp_path / "p.csv", "--engine", engine)
+    for runtime in ("torch", "onnx"):  # the whole config is checked, whichever runtime runs
+        result = predict_cli(main_study, onnx_copy, tmp_path / "p.csv", "--runtime", runtime)
         assert_clean_error(result, message)
 
 
-def test_predict_with_the_onnx_engine_refuses_what_it_cannot_do(main_study, onnx_export, tmp_path):
-    result = predict_cli(main_study, main_study.export, tmp_path / "p.csv", "--engine", "onnx")
+def test_predict_with_the_onnx_runtime_refuses_what_it_cannot_do(main_study, onnx_export, tmp_path):
+    result = predict_cli(main_study, main_study.export, tmp_path / "p.csv", "--runtime", "onnx")
     assert_clean_error(result, f"{main_study.export} has no ONNX graph (no 'onnx' in its config.json): add one with "
-                               f"maskopt export-onnx, or predict with --engine torch")
-    result = predict_cli(main_study, onnx_export[0], tmp_path / "p.csv", "--engine", "onnx", "--no-tta")
+                               f"maskopt export-onnx, or predict with --runtime torch")
+    result = predict_cli(main_study, onnx_export[0], tmp_path / "p.csv", "--runtime", "onnx", "--no-tta")
     assert_clean_error(result, "was exported with tta=True, which is inside the graph: leave out --tta, or predict "
-                               "with --engine torch")
-    result = predict_cli(main_study, onnx_export[0], tmp_path / "p.csv", "--engine", "onnx", "--device", "cuda")
-    assert_clean_error(result, "--engine onnx runs on the CPU (onnxruntime's CPU provider); leave out --device")
+                               "with --runtime torch")
+    result = predict_cli(main_study, onnx_export[0], tmp_path / "p.csv", "--runtime", "onnx", "--device", "cuda")
+    assert_clean_error(result, "--runtime onnx runs on the CPU (onnxruntime's CPU provider); leave out --device")
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_an_unknown_engine_is_refused_by_the_library(main_study, tmp_path):
+def test_an_unknown_runtime_is_refused_by_the_library(main_study, tmp_path):
     from maskopt.errors import ExportError
     from maskopt.search.export import predict
 
-    with pytest.raises(ExportError, match=r"unknown `engine` 'tensorrt'; choose torch or onnx"):
-        predict(model=main_study.export, data=main_study.data, out=tmp_path / "p.csv", engine="tensorrt")
+    with pytest.raises(ExportError, match=r"unknown `runtime` 'tensorrt'; choose torch or onnx"):
+        predict(model=main_study.export, data=main_study.data, out=tmp_path / "p.csv", runtime="tensorrt")
 
 
 def test_verification_rows_cross_a_batch_boundary():

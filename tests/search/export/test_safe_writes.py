@@ -88,7 +88,7 @@ def writing_command(command: str, main_study, target: Path) -> list:
             "--write-corrections", target, "--force"]
 
 
-KIND_WORDS = {"symlink": "a symlink", "fifo": "a FIFO (named pipe)", "device": "a device"}
+KIND_WORDS = {"symlink": "a symlink", "fifo": "a FIFO", "device": "a character device"}
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "device"])

@@ -347,9 +347,10 @@ def test_cli_errors(tmp_path):
     assert "No study 'b'" in result.output and "Studies there: a" in result.output
     with pytest.raises(StorageError, match="No study 'b'"):
         report(storage=url, study="b", out=tmp_path / "r.html")
-    optuna.create_study(storage=url, study_name="two", directions=["maximize", "minimize"])
-    with pytest.raises(MaskoptError, match="study 'two' has 2 objectives"):
-        report(storage=url, study="two", out=tmp_path / "r.html")
+    two = optuna.create_study(storage=url, study_name="two", directions=["maximize", "minimize"])
+    two.optimize(lambda trial: (trial.suggest_float("x", 0, 1), 1.0), n_trials=2)
+    page = report(storage=url, study="two", out=tmp_path / "two.html").read_text()  # macro F1 is the first value
+    assert 'data-plot="history"' in page
 
 
 # --- in a browser -------------------------------------------------------------------------------
@@ -421,4 +422,5 @@ def test_report_of_a_real_search(real_study, demo_data, tmp_path):
     assert "0%" in text and "6 epochs trained, of the 6" in text  # no pruner: nothing saved
     images = len(load_dataset(demo_data))  # every training image has one out-of-fold prediction
     assert "mask F1" in section(page, "best") and f"({images:,} images)" in section(page, "best")
-    assert set(containers(page)) == {"history", "importance", "parallel", "intermediate", "slice-lr", "slice-loss"}
+    assert set(containers(page)) == {"history", "importance", "parallel", "intermediate", "slice-lr", "slice-loss",
+                                     "pareto"}

@@ -85,3 +85,33 @@ def test_the_pareto_front_keeps_the_points_nothing_beats():
 def test_objectives_and_budgets_are_checked_when_the_space_is_read(write_space, study, message):
     result = CliRunner().invoke(cli, ["search", "--space", str(write_space(study=study)), "--trials", "1"])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_studies_shows_the_best_trials_latency(main_study):
+    result = CliRunner().invoke(cli, ["studies", "--storage", main_study.url, "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    (study,) = json.loads(result.stdout)
+    best = StudyRecord.of(optuna.load_study(study_name="main", storage=main_study.url)).top(1)[0]
+    assert study["best_value"] == best.value and study["best_latency_ms"] == best.latency.ms_per_image[1]
+
+
+def test_export_best_within_a_latency_budget(main_study, tmp_path):
+    """A budget every trial meets exports the most accurate; one none meets says how fast the fastest is."""
+    import shutil
+
+    db = tmp_path / "main.db"
+    shutil.copy(main_study.db, db)
+    url = f"sqlite:///{db}"
+    common = ["export-best", "--storage", url, "--data", str(main_study.data), "--cache-dir", str(main_study.cache_dir),
+              "--device", "cpu", "--quiet"]
+    roomy = CliRunner().invoke(cli, [*common, "--max-latency-ms", "1e9", "--out", str(tmp_path / "roomy")])
+    assert roomy.exit_code == 0, roomy.output
+    best = StudyRecord.of(optuna.load_study(study_name="main", storage=url)).top(1)[0]
+    assert f"exported trial {best.number} of study 'main'" in roomy.output
+
+    tight = CliRunner().invoke(cli, [*common, "--max-latency-ms", "1e-9", "--out", str(tmp_path / "tight")])
+    assert tight.exit_code == 1
+    assert "no complete trial of study 'main' is within --max-latency-ms 1e-09: the fastest, trial" in tight.output
+    assert not (tmp_path / "tight").exists()
