@@ -1,6 +1,6 @@
 """maskopt.search: from a search space to finished trials and an exported model.
 
-Calling the package runs a search: ``maskopt.search(space, n_trials=12)`` is
+Calling the package runs a search: ``maskopt.search(space, trials=12)`` is
 :func:`maskopt.api.search`. Users type ``maskopt.search(...)``, and the package that holds the
 search code has the same name, so the package itself is made callable; its modules stay
 reachable as ``maskopt.search.study.runner`` and so on.

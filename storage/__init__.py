@@ -13,7 +13,6 @@ from ._studies import (
     create_or_load_study,
     list_studies,
     load_existing_study,
-    studies,
 )
 from ._urls import DEFAULT_STORAGE_URL, redact, resolve_url
 
@@ -30,5 +29,4 @@ __all__ = [
     "require_writable",
     "resolve_url",
     "serve_dashboard",
-    "studies",
 ]

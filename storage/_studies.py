@@ -146,7 +146,8 @@ class StudySummary:
         last_complete: When the last trial finished (complete, pruned or failed); None before
             any did.
         best_latency_ms: The best trial's CPU latency, ms per image at batch 1, where the study
-            layer filled it in (``maskopt.search.study.record.study_summaries``); else None.
+            layer filled it in (``maskopt.search.study.record.study_summaries``, what ``maskopt
+            studies`` shows); else None.
     """
 
     name: str
@@ -182,14 +183,6 @@ _STATE_FIELDS = {
     TrialState.RUNNING: "n_running",
     TrialState.WAITING: "n_waiting",
 }
-
-
-def studies(*, storage: str | None = None) -> list[StudySummary]:
-    """The studies in ``storage`` (None: the SQLite default, which must exist), with trial counts
-    by state and the best value."""
-    from ._rdb import open_storage
-
-    return list_studies(open_storage(storage, heartbeat_interval=None, create=False))
 
 
 def list_studies(storage: optuna.storages.RDBStorage) -> list[StudySummary]:

@@ -42,7 +42,7 @@ SUBMISSION_FILE = "submission.csv"
 RUNTIMES = ("torch", "onnx")
 """What ``predict`` runs an export on: its PyTorch models, or its ONNX graph on onnxruntime."""
 
-__all__ = ["CONFIG_FILE", "ENGINES", "EXPORT_FORMAT", "SUBMISSION_FILE", "decoded_images", "eval_set_of",
+__all__ = ["CONFIG_FILE", "EXPORT_FORMAT", "RUNTIMES", "SUBMISSION_FILE", "decoded_images", "eval_set_of",
            "load_export", "predict", "predict_images", "predict_probs", "write_submission"]
 
 

@@ -413,7 +413,7 @@ def _parse_study(v: _Validator, raw) -> StudySettings:
 def _parse_objectives(v: _Validator, value) -> tuple[str, ...]:
     where = "study.objectives"
     if not isinstance(value, list) or not value:
-        v.fail(where, value, f"a list of objectives, macro_f1 first: [macro_f1] or [macro_f1, latency]")
+        v.fail(where, value, "a list of objectives, macro_f1 first: [macro_f1] or [macro_f1, latency]")
     names = tuple(v.one_of(name, OBJECTIVES, f"{where}[{i}]") for i, name in enumerate(value))
     if names[0] != "macro_f1" or len(set(names)) != len(names):
         v.fail(where, value, "macro_f1 first, each objective once: [macro_f1] or [macro_f1, latency]")

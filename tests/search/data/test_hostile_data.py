@@ -171,27 +171,16 @@ def test_decoding_refuses_a_fifo_without_waiting(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """``small_disk(size) -> Path``: a fresh tmpfs of ``size`` (such as ``200k``), unmounted after
-    the test (``remount_read_only`` makes it read-only: root ignores file permissions). Skips,
-    saying why, where mounting is not allowed."""
-    mounted: list[Path] = []
+def small_disk(tmp_path, tmpfs):
+    """``small_disk(size) -> Path``: a fresh tmpfs of ``size`` (such as ``200k``) under the test's
+    folder (``remount_read_only`` makes it read-only: root ignores file permissions)."""
+    made = []
 
     def mount(size: str) -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("a tiny full disk is a tmpfs, and mounting one needs root")
-        folder = tmp_path / f"disk{len(mounted)}"
-        folder.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                                check=False, capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-        mounted.append(folder)
-        return folder
+        made.append(tmpfs(tmp_path / f"disk{len(made)}", size))
+        return made[-1]
 
-    yield mount
-    for folder in reversed(mounted):
-        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+    return mount
 
 
 def remount_read_only(folder: Path) -> None:

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from maskopt.cli import cli
-from maskopt.errors import ExportError, MaskoptError, StorageError
+from maskopt.errors import ExportError, StorageError
 from maskopt.search.data.labels import NUM_CLASSES
 from maskopt.search.export import SUBMISSION_FILE
 from maskopt.search.report import report

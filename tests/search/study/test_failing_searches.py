@@ -13,17 +13,9 @@ from maskopt.cli import cli
 
 
 @pytest.fixture
-def read_only_mount(tmp_path):
+def read_only_mount(tmp_path, tmpfs):
     """A tmpfs folder holding ``study.db`` (made by the test), then remounted read-only."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root): no read-only filesystem to test against")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True)
+    return tmpfs(tmp_path / "ro", "4m")
 
 
 def test_search_on_a_read_only_sqlite_file_fails_cleanly(read_only_mount, write_space, demo_data, cache_dir):
@@ -86,17 +78,9 @@ def test_a_sampler_that_fails_every_trial_stops_the_search_with_the_reason(monke
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A tmpfs folder too small for a checkpoint (skips, saying why, where no tmpfs can be mounted)."""
-    folder = tmp_path / "full"
-    folder.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root): no full disk to test against")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True)
+def full_disk(tmp_path, tmpfs):
+    """A tmpfs folder too small for a checkpoint."""
+    return tmpfs(tmp_path / "full", "64k")
 
 
 @pytest.mark.parametrize("where", ["full disk", "a file in the way"])
@@ -123,3 +107,53 @@ def test_checkpoints_that_cannot_be_saved_are_a_warning_and_trials_train_on(wher
     assert "cannot save checkpoints" in trial.user_attrs["checkpoint_note"]
     if where == "full disk":
         assert not any(checkpoints.rglob("*.tmp"))  # the failed save left no temporary file
+
+
+def _plant(path, kind: str) -> None:
+    import os
+
+    import optuna
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "a FIFO":
+        os.mkfifo(path)
+    elif kind == "a folder":
+        path.mkdir()
+    elif kind == "a malformed structure":
+        torch.save({"format": "maskopt-trial-checkpoint/1", "fingerprint": {}, "fold": 3, "done": [], "train": {}},
+                   path)
+    else:  # code: an object only unpickling can rebuild
+        torch.save({"format": "maskopt-trial-checkpoint/1", "evil": optuna.distributions.IntDistribution(1, 2)}, path)
+
+
+@pytest.mark.parametrize("kind, said", [("a FIFO", "is not a regular file"), ("a folder", "is not a regular file"),
+                                        ("a malformed structure", "other settings or data"),
+                                        ("code", "holds objects other than tensors")])
+def test_a_checkpoint_that_cannot_be_used_is_a_warning_and_the_trial_trains_from_zero(kind, said, write_space,
+                                                                                      demo_data, cache_dir, tmp_path):
+    """Whatever sits where trial 0's checkpoint would be, the search neither waits on it, nor fails,
+    nor passes on torch's advice to load it unsafely."""
+    import signal
+
+    import optuna
+
+    space = write_space(study={"data": str(demo_data), "name": "planted"})
+    checkpoints = tmp_path / "checkpoints"
+    _plant(checkpoints / "planted" / "trial-0.pt", kind)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    signal.alarm(240)  # a search that waits on the FIFO fails the test instead of hanging the suite
+    try:
+        result = CliRunner().invoke(cli, ["search", "--space", str(space), "--device", "cpu", "--cache-dir",
+                                          str(cache_dir), "--quiet", "--no-export", "--threads", "1", "--trials", "1",
+                                          "--storage", url, "--checkpoints", str(checkpoints)])
+    finally:
+        signal.alarm(0)
+    assert result.exit_code == 0, result.output
+    assert f"warning: trial 0: checkpoint {checkpoints / 'planted' / 'trial-0.pt'}" in result.stderr
+    assert said in result.stderr and "starting from zero" in result.stderr
+    assert "weights_only" not in result.stderr and "Traceback" not in result.output
+    (trial,) = optuna.load_study(study_name="planted", storage=url).trials
+    # The trial's note is its last word on checkpoints: for a folder in the way, that its saves failed too.
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["checkpoint_note"].startswith(("checkpoint",
+                                                                                             "cannot save"))
