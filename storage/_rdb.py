@@ -250,6 +250,11 @@ def _sqlite_failed_write(e: BaseException, path: Path, url: str) -> StorageError
         return _disk_full(path, url)
     if "readonly database" in reason.lower():
         return _read_only(path, url, reason)
+    if "database is locked" in reason.lower():  # SQLite gives up at once when two writers would deadlock
+        return StorageError(
+            f"SQLite storage {path} ({redact(url)}) was locked by another connection when this one wrote, and the "
+            f"last change was not stored. Run the command again; for several workers, or workers that stop and "
+            f"start often, use PostgreSQL (`storage` postgresql://...).")
     return None
 
 

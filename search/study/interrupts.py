@@ -67,6 +67,7 @@ class interrupts_stop_the_search:
     """
 
     def __enter__(self):
+        self.stopped = False
         self.main_thread = threading.current_thread() is threading.main_thread()
         if self.main_thread:
             _requested.clear()
@@ -77,6 +78,7 @@ class interrupts_stop_the_search:
         return self
 
     def __exit__(self, *exc):
+        self.stopped = _requested.is_set()  # for the caller's error handling, after the block
         if self.main_thread:
             for signum, handler in self.previous.items():
                 signal.signal(signum, handler)

@@ -274,8 +274,9 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
     objective = Objective(space=opened.space, data=opened.data, device=torch_device,
                           epoch_bar=None if quiet else epoch_bar, artifact_dir=artifacts, checkpoints=store,
                           device_share=device_share)
+    interrupts = interrupts_stop_the_search()
     try:
-        with interrupts_stop_the_search():
+        with interrupts:
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 if _trials_left(record, trials):
@@ -299,6 +300,14 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
                         f"and run it as a new study (another `study` name).")
                 if not _wait_for_running_trials(record, trials, deadline):
                     break
+    except Exception as e:
+        if not interrupts.stopped:
+            raise
+        # A stop signal whose interruption surfaced as another error (the storage refused a write
+        # while the trial was being recorded): still an interruption.
+        raise SearchInterrupted(
+            f"search interrupted; the running trial may still be marked RUNNING, and the next run finds it "
+            f"dead. Run the same command to continue study {record.name!r} to {trials} trials.") from e
     except KeyboardInterrupt as e:
         resumes = ""
         try:

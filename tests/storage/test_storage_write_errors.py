@@ -57,3 +57,16 @@ def test_a_read_only_storage_is_refused_before_work(tmpfs, tmp_path):
     result = CliRunner().invoke(cli, ["studies", "--storage", url])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"1 study in {url}\n")  # reading still works
+
+
+def test_a_locked_sqlite_file_is_a_storage_error_that_says_what_to_do(tmp_path):
+    """SQLite answers "database is locked" at once when two writers would deadlock: a clean error."""
+    import sqlite3
+
+    from maskopt.storage._rdb import _sqlite_failed_write
+
+    error = _sqlite_failed_write(sqlite3.OperationalError("database is locked"), tmp_path / "s.db",
+                                 f"sqlite:///{tmp_path / 's.db'}")
+    assert "was locked by another connection" in str(error) and "PostgreSQL" in str(error)
+    assert _sqlite_failed_write(sqlite3.OperationalError("no such table: trials"), tmp_path / "s.db", "sqlite://") \
+        is None
