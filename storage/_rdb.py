@@ -246,11 +246,12 @@ def _report_failed_sqlite_writes(storage: optuna.storages.RDBStorage, parsed: UR
 def _sqlite_failed_write(e: BaseException, path: Path, url: str) -> StorageError | None:
     """The StorageError for a SQLite error that means the disk is full or the file read-only, else None."""
     reason = str(e)
-    if "database or disk is full" in reason.lower():
+    lowered = reason.lower()
+    if "database or disk is full" in lowered:
         return _disk_full(path, url)
-    if "readonly database" in reason.lower():
+    if "readonly database" in lowered:
         return _read_only(path, url, reason)
-    if "database is locked" in reason.lower():  # SQLite gives up at once when two writers would deadlock
+    if "database is locked" in lowered:  # SQLite gives up at once when two writers would deadlock
         return StorageError(
             f"SQLite storage {path} ({redact(url)}) was locked by another connection when this one wrote, and the "
             f"last change was not stored. Run the command again; for several workers, or workers that stop and "
