@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick] [--threads N]``: run benchmarks, print, save JSON.
 
 Names: loop, data, pruning, search, storage, memory (the default set, in that order); gpu (see
-benchmarks/gpu.sh), labels, resume, pretrained, channels_last, onnx, curves and replay run only when named. Results go to
+benchmarks/gpu.sh), labels, resume, pretrained, channels_last, onnx, curves, replay, live and warm_start run only when named. Results go to
 benchmarks/results/<name>.json.
 """
 
@@ -35,6 +35,8 @@ MODULES = {
     "curves": "curves",
     "replay": "replay",
     "latency": "latency_budget",
+    "live": "live_search",
+    "warm_start": "warm_start",
 }
 DEFAULT = ("loop", "data", "pruning", "search", "storage", "memory")
 ALIASES = {module: name for name, module in MODULES.items()}

@@ -7,6 +7,8 @@ a fraction of a second):
 
 - stock Optuna, through maskopt's catalogue and defaults: random search; TPE; TPE + median;
   TPE + hyperband; random + hyperband;
+- maskopt's checkpoint scheduler, the ``asha`` pruner (pausing and promoting trials, see
+  search/study/scheduler.py), with random search and with TPE;
 - the repo's current default: spaces/demo.yaml's sampler and pruner.
 
 At 1, 4 and 16 workers, each run gets the same compute: the simulated wall time of
@@ -50,6 +52,9 @@ def strategies() -> dict[str, tuple]:
     none, tpe, random = Component("none"), Component("tpe"), Component("random")
     return {RANDOM: (random, none), "TPE": (tpe, none), "TPE + median": (tpe, Component("median")),
             "TPE + hyperband": (tpe, Component("hyperband")), "random + hyperband": (random, Component("hyperband")),
+            "random + asha": (random, Component("asha")),
+            "random + asha(reduction_factor=4)": (random, Component("asha", (("reduction_factor", 4),))),
+            "TPE + asha": (tpe, Component("asha")),
             f"demo.yaml: {_label(demo.sampler)} + {_label(demo.pruner)}": (demo.sampler, demo.pruner)}
 
 

@@ -31,6 +31,7 @@ from maskopt.search.study.record import StudyRecord
 from maskopt.search.study.record import study_summaries as studies  # the `maskopt studies` command
 from maskopt.search.study.replay import StudyReplay, replay_study
 from maskopt.search.study.runner import SearchResult, run_search
+from maskopt.search.study.warm_start import check_warm_start
 from maskopt.search.study.workers import run_workers
 from maskopt.search.train.resources import threads_per_worker
 from maskopt.search.train.weights import import_weights
@@ -59,6 +60,9 @@ def search(
     heartbeat_interval: int | None = 30,
     checkpoints: str | Path | bool = True,
     exclude_broken: bool | None = None,
+    warm_start: str | None = None,
+    warm_start_storage: str | None = None,
+    warm_start_top: int = 5,
     export: bool = True,
     quiet: bool = False,
 ) -> SearchResult:
@@ -86,6 +90,11 @@ def search(
         heartbeat_interval: Seconds between heartbeats; a silent worker's trial is re-run.
         checkpoints: Per-epoch checkpoint folder, True for the default place, False for none.
         exclude_broken: Leave out persons with unreadable images instead of failing.
+        warm_start: An earlier study (another dataset, or the same data before a change) whose
+            best configurations run first; values this space no longer allows are dropped, with a
+            note. Once per study: rerunning the search queues nothing again.
+        warm_start_storage: The earlier study's storage (default: ``storage``).
+        warm_start_top: How many of its best trials that ran every fold run first.
         export: When the study reaches its total with a complete trial, retrain the best on
             all data and export it to ``exports/<study>/`` (replacing an earlier export there).
         quiet: No progress bars.
@@ -97,6 +106,7 @@ def search(
         space = load_space(space)
     if workers_per_gpu is not None:
         check_workers_per_gpu(workers_per_gpu)
+    check_warm_start(warm_start, warm_start_storage, warm_start_top, study=study or space.study.name, storage=storage)
     # The retrain gets all the workers' threads, counted before they start: they are this
     # search's own cores, whatever else starts on the machine meanwhile.
     threads = threads or threads_per_worker(workers)
@@ -104,7 +114,8 @@ def search(
     common = dict(trials=trials, storage=storage, data=data, study=study, seed=seed, timeout=timeout,
                   exclude_broken=exclude_broken, device=device, cache_dir=cache_dir, threads=threads,
                   artifacts=artifacts, heartbeat_interval=heartbeat_interval, checkpoints=checkpoints,
-                  worker_index=worker_index)
+                  worker_index=worker_index, warm_start=warm_start, warm_start_storage=warm_start_storage,
+                  warm_start_top=warm_start_top)
     if workers > 1:
         result = run_workers(space, workers=workers, workers_per_gpu=workers_per_gpu, quiet=quiet, **common)
     else:

@@ -56,12 +56,19 @@ MAX_WORKERS_PER_GPU = 16  # maskopt.search.space.schema.MAX_WORKERS_PER_GPU (tes
                    "a different one): it offsets the sampler's seed so workers do not repeat start-up trials.")
 @click.option("--exclude-broken", is_flag=True, default=None,
               help="Leave out persons with missing or unreadable images (with a note) instead of failing.")
+@click.option("--warm-start", metavar="STUDY",
+              help="Run the best configurations of this earlier study first (another dataset, or the same data "
+                   "before a change); values this space no longer allows are dropped, with a note. Once per study.")
+@click.option("--warm-start-storage", metavar="URL",
+              help="Storage of the --warm-start study (default: this search's --storage).")
+@click.option("--warm-start-top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many of the --warm-start study's best trials that ran every fold run first.")
 @click.option("--no-export", is_flag=True,
               help="Do not retrain and export the best trial when the total is reached.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 def search(space, trials, data, storage, study, timeout, device, seed, cache_dir, threads,
            artifacts, heartbeat_interval, checkpoints, no_checkpoints, workers, workers_per_gpu, worker_index,
-           exclude_broken, no_export, quiet):
+           exclude_broken, warm_start, warm_start_storage, warm_start_top, no_export, quiet):
     """Run (or resume) a pruned, person-grouped k-fold study from a YAML space.
 
     The study lives in the storage (a SQLite file maskopt.db here by default); running the
@@ -70,8 +77,9 @@ def search(space, trials, data, storage, study, timeout, device, seed, cache_dir
     export there), unless --no-export.
 
     \b
-    Example:
+    Examples:
       maskopt search --space spaces/demo.yaml --data demo-data --trials 12
+      maskopt search --space spaces/demo.yaml --data other-data --study other --warm-start demo
     """
     from maskopt.api import search as run
     from maskopt.commands.output import be_quiet
@@ -84,7 +92,8 @@ def search(space, trials, data, storage, study, timeout, device, seed, cache_dir
                      timeout=timeout, exclude_broken=exclude_broken, device=device, cache_dir=cache_dir,
                      threads=threads, artifacts=artifacts, heartbeat_interval=heartbeat_interval,
                      workers=workers, workers_per_gpu=workers_per_gpu, worker_index=worker_index,
-                     checkpoints=False if no_checkpoints else checkpoints or True,
+                     checkpoints=False if no_checkpoints else checkpoints or True, warm_start=warm_start,
+                     warm_start_storage=warm_start_storage, warm_start_top=warm_start_top,
                      export=not no_export, quiet=quiet)
     except SearchInterrupted as e:
         click.echo(f"\n{shown(str(e))}", err=True)

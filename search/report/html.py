@@ -110,6 +110,7 @@ class _Facts:
     trials: list[FrozenTrial]
     by_state: dict[str, int]
     stopped_early: int  # COMPLETE trials a per-fold pruner stopped before their last fold
+    continued: int  # trials that continue a paused one from its checkpoint (the asha pruner)
     space: SearchSpace | None  # None: the study stores none (or none maskopt can read)
     folds: int | None
     epochs: int | None
@@ -156,13 +157,17 @@ class _Facts:
         trained = full = counted = 0
         for r in records:
             if r.state in (TrialState.COMPLETE, TrialState.PRUNED) and r.epochs_trained is not None:
-                trained += int(r.epochs_trained)
-                counted += 1
+                # A promoted trial's inherited epochs are counted with the paused trial that trained
+                # them, and the two are one configuration's budget.
+                here = r.epochs_trained_here if r.continues is not None else None
+                trained += int(r.epochs_trained if here is None else here)
+                counted += r.continues is None
         if folds and epochs and counted:
             full = counted * folds * epochs
         return cls(
             trials=trials, by_state=by_state,
             stopped_early=sum(r.state == TrialState.COMPLETE and not r.ran_every_fold for r in records),
+            continued=sum(r.continues is not None for r in records),
             space=space, folds=folds, epochs=epochs, top=record.top(TOP_N), params=params,
             compute_seconds=float(sum(r.seconds or 0.0 for r in records)),
             wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
@@ -237,6 +242,9 @@ def _glance(facts: _Facts, study: optuna.Study) -> str:
     if facts.stopped_early:
         chips += (f'<span class="chip pruned" title="complete trials that the per-fold pruner stopped before their '
                   f'last fold; they are left out of the ranking">{facts.stopped_early} stopped early</span>')
+    if facts.continued:
+        chips += (f'<span class="chip complete" title="trials that continue a paused trial from its checkpoint (the '
+                  f'asha pruner promoted it); the paused trial shows as pruned">{facts.continued} promoted</span>')
     tiles = [_tile("Trials", str(total), chips or _e("none yet"), detail_is_html=True)]
 
     best = facts.best

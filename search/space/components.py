@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import optuna
 
+from maskopt.search.space.asha import AshaPruner
+
 if TYPE_CHECKING:  # only for annotations: the schema module imports these registries
     from maskopt.search.space.schema import Component, StudySettings
 
@@ -46,6 +48,7 @@ PRUNERS: dict[str, type] = {
     "percentile": optuna.pruners.PercentilePruner,
     "hyperband": optuna.pruners.HyperbandPruner,
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "asha": AshaPruner,  # successive halving that pauses and promotes (asha.py, study/scheduler.py)
     "wilcoxon": optuna.pruners.WilcoxonPruner,
     "none": optuna.pruners.NopPruner,
 }
@@ -66,6 +69,7 @@ OPTION_RANGES: dict[str, tuple[int, int | None]] = {
     "reduction_factor": (2, None),
     "min_early_stopping_rate": (0, None),
     "bootstrap_count": (0, None),
+    "max_paused": (0, None),
 }
 REHEARSAL_TRIALS = 2  # trials a rehearsal runs after the sampler's start-up trial
 REHEARSAL_STEPS = 12  # at most this many reports per rehearsal trial
@@ -94,6 +98,7 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
         "percentile": {"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 1},
         "hyperband": {"min_resource": 1, "max_resource": total_steps, "reduction_factor": 3},
         "successive_halving": {"min_resource": 1, "reduction_factor": 3},
+        "asha": {"min_resource": 1, "reduction_factor": 3, "max_resource": total_steps},
         "wilcoxon": {"p_threshold": 0.1},
         "none": {},
     }[settings.pruner.name]

@@ -4,8 +4,10 @@ A trial's checkpoint is one file, ``<folder>/<study>/trial-<origin>.pt``, where 
 the number of the trial as first run: Optuna's heartbeat retry gives the rerun a new number but
 records the original one, and the rerun reads the original's file. Each save replaces the file
 atomically (a temporary file in the same folder, then ``os.replace``), so a worker killed while
-writing leaves the previous checkpoint intact. The file is removed when the trial ends, so the
-disk holds at most one checkpoint per running (or killed, not yet retried) trial.
+writing leaves the previous checkpoint intact. The file is removed when the trial ends, unless
+the ``asha`` pruner paused it (``scheduler.py``: a promotion continues from it), so the disk holds
+at most one checkpoint per running (or killed, not yet retried) trial, plus the paused ones the
+pruner's ``max_paused`` allows. ``promoted-<trial>`` files mark paused trials already promoted.
 
 The file is read with ``torch.load(weights_only=True)``: it holds tensors, numbers, strings,
 lists and dicts only, and a file that needs more (or is truncated, or from another maskopt) is
@@ -167,6 +169,25 @@ class CheckpointStore:
             return FoldCheckpoint.from_state(state), None
         except UnusableCheckpoint as e:
             return None, f"checkpoint {path} cannot be used: {e}; starting from zero"
+
+    def claim_promotion(self, number: int) -> bool:
+        """Mark paused trial ``number`` as promoted; False when a worker marked it first.
+
+        Creating the file with ``O_EXCL`` is atomic, on a folder shared between machines too, so
+        of several workers promoting the same paused trial one wins (see scheduler.py).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self._promotion_mark(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return False
+        return True
+
+    def is_claimed(self, number: int) -> bool:
+        return self._promotion_mark(number).exists()
+
+    def _promotion_mark(self, number: int) -> Path:
+        return self.folder / f"promoted-{number}"
 
     def remove(self, origin: int) -> None:
         path = self.path(origin)

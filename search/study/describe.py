@@ -22,6 +22,10 @@ def describe_trial(trial: TrialRecord) -> str:
     head = f"trial {trial.number:>3} {state:<8} {score}  {trial.seconds or 0:6.1f}s"
     if reason and state != "COMPLETE":
         head += f"  {reason}"
+    if trial.continues is not None:
+        head += f"  (continues paused trial {trial.continues})"
+    if trial.warm_start is not None:
+        head += f"  (warm start: trial {trial.warm_start.trial} of {trial.warm_start.study!r})"
     return head + "\n" + format_params(trial.params)
 
 

@@ -21,6 +21,7 @@ from sklearn.metrics import confusion_matrix
 from maskopt.errors import MaskoptError
 from maskopt.search.data.prepared import PreparedData
 from maskopt.search.space import PruningSteps, SearchSpace, TrialParams
+from maskopt.search.space.asha import AshaPruner
 from maskopt.search.study import record
 from maskopt.search.study.checkpoints import CheckpointStore, FoldCheckpoint, FoldOutcome
 from maskopt.search.study.interrupts import interruptible, raise_if_interrupted, stop_requested
@@ -103,7 +104,7 @@ class Objective:
         # A retry (its worker died) resumes from its original's checkpoint; it trains with the same
         # seeds as any trial of the same configuration (seeds.fold_seed), so it scores as the
         # original would have.
-        origin = record.retried_from(trial)
+        origin = record.origin_of(trial)
         fingerprint = {"params": params.as_dict(), "folds": settings.folds, "epochs": settings.epochs,
                        "seed": settings.seed, "images": len(dataset)}
 
@@ -126,6 +127,7 @@ class Objective:
         epochs_inherited = epochs_trained = resume.epochs_trained if resume is not None else 0
         keep_checkpoint = False
         checkpoint_failed = False
+        stopped_at: int | None = None  # the step at which the pruner stopped the trial
 
         def write_attrs(extra: dict | None = None) -> None:
             attrs = {
@@ -154,7 +156,7 @@ class Objective:
 
                 def on_epoch(epoch: int, f1: float, accuracy: float, fold=fold, best_in_fold=best_in_fold,
                              finished_f1=finished_f1) -> None:
-                    nonlocal epochs_trained
+                    nonlocal epochs_trained, stopped_at
                     raise_if_interrupted()  # a signal whose KeyboardInterrupt was swallowed
                     epochs_trained += 1
                     best_in_fold[0] = max(best_in_fold[0], f1)
@@ -164,6 +166,7 @@ class Objective:
                     step = steps.epoch_step(fold, epoch)
                     trial.report(running, step)
                     if step < steps.last and trial.should_prune():
+                        stopped_at = step
                         raise optuna.TrialPruned(
                             f"pruned at fold {fold + 1} epoch {epoch + 1}: running mean macro F1 {running:.4f}")
 
@@ -197,7 +200,10 @@ class Objective:
                 return float(np.mean(fold_f1)), latency.ms_per_image[1]
             return float(np.mean(fold_f1))
         except optuna.TrialPruned as pruned:
-            write_attrs({record.PRUNE_REASON: str(pruned)})
+            pause = self._pause(trial, stopped_at) if not checkpoint_failed else None
+            keep_checkpoint = pause is not None
+            write_attrs({record.PRUNE_REASON: str(pruned) if pause is None else f"{pruned}; {pause}", **(
+                record.pause_attrs(stopped_at, trial.study.pruner.rungs.index(stopped_at)) if pause else {})})
             raise
         except NonFiniteLoss as e:
             write_attrs({record.PRUNE_REASON: str(e)})
@@ -233,6 +239,15 @@ class Objective:
                 raise optuna.TrialPruned(f"CPU latency {ms:.3g} ms per image is over study.max_latency_ms "
                                          f"{budget:g}: not trained")
         return latency
+
+    def _pause(self, trial: optuna.Trial, step: int | None) -> str | None:
+        """How the trial is paused (its checkpoint kept, for a promotion to continue), or None
+        when it is stopped for good: a pruner that does not pause, no checkpoint of this step."""
+        pruner = trial.study.pruner
+        if (step is None or not isinstance(pruner, AshaPruner) or pruner.max_paused == 0
+                or self.checkpoints is None or step not in pruner.rungs):
+            return None
+        return f"paused at rung {pruner.rungs.index(step) + 1} with its checkpoint, to continue if promoted"
 
     def _resume(self, trial: optuna.Trial, origin: int, fingerprint: dict) -> FoldCheckpoint | None:
         """The checkpoint this trial continues from, or None (with a note when one was unusable)."""
@@ -270,9 +285,11 @@ class Objective:
         reports = steps.curve([d.f1 for d in done], histories)
         for step, value in reports:
             trial.report(value, step)
-        if reports and reports[-1][0] < steps.last and trial.should_prune():
+        # A promoted trial was judged at its last inherited step when it was promoted.
+        if (reports and reports[-1][0] < steps.last and record.continued_trial(trial) is None
+                and trial.should_prune()):
             raise optuna.TrialPruned(f"pruned at step {reports[-1][0]} after resuming from trial "
-                                     f"{record.retried_from(trial)}")
+                                     f"{record.origin_of(trial)}")
 
     def _save_oof(self, trial, oof: OutOfFold) -> None:
         """Keep the OOF probabilities for ensembles, calibration and label issues (see oof.py)."""

@@ -54,6 +54,9 @@ NOTE_ERROR = "note_error"
 OOF_ERROR = "oof_error"
 FAILED_BEFORE_TRAINING = "failed_before_training"  # the sampler or the set-up failed: no epoch ran
 LATENCY = "latency"  # CPU inference latency of the architecture at its image size (train/latency.py)
+PAUSED = "paused"  # {step, rung}: the asha pruner stopped it at a rung with its checkpoint kept (scheduler.py)
+CONTINUES = "continues"  # {trial, origin}: a promoted paused trial, continued from its checkpoint
+WARM_START = "warm_start"  # {study, trial}: the earlier study's trial whose configuration was enqueued (warm_start.py)
 
 # Optuna system attributes set by its retry of a trial whose worker died.
 RETRIED_FROM = "failed_trial"  # the number of the first trial of the retry chain
@@ -133,7 +136,7 @@ def _confusion(value) -> list[list[int]] | None:
 class LatencyRecord:
     """A complete trial's CPU inference latency: its architecture at its image size, any weights."""
 
-    ms_per_image: dict[int, float]  # batch size -> milliseconds per image, the median of repeated runs
+    ms_per_image: dict[int, float]  # batch size -> milliseconds per image (how it is timed: train/latency.py)
     threads: int  # torch CPU threads it was measured with
     params: int  # parameter count
 
@@ -175,6 +178,27 @@ class DeviceShare:
 
 
 @dataclass(frozen=True)
+class WarmStartOrigin:
+    """The trial of an earlier study whose configuration a warm start queued (see warm_start.py)."""
+
+    study: str
+    trial: int
+
+    def to_attr(self) -> dict[str, Any]:
+        return {"study": self.study, "trial": self.trial}
+
+    @classmethod
+    def read(cls, value) -> WarmStartOrigin | None:
+        """The record of a stored ``to_attr()``, or None when missing or malformed."""
+        if not isinstance(value, dict):
+            return None
+        study, trial = _text(value.get("study")), _count(value.get("trial"))
+        if not study or trial is None:
+            return None
+        return cls(study, trial)
+
+
+@dataclass(frozen=True)
 class TrialRecord:
     """One trial as maskopt reads it back.
 
@@ -208,11 +232,16 @@ class TrialRecord:
     failed_before_training: bool = False
     latency: LatencyRecord | None = None
     device_share: DeviceShare | None = None  # None: not run by one of several workers on GPUs (see workers.py)
+    paused_at: int | None = None  # the rung step where the asha pruner paused it (see scheduler.py)
+    continues: int | None = None  # the paused trial this one continues from its checkpoint
+    warm_start: WarmStartOrigin | None = None  # None: not queued by a warm start
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
         a, s = trial.user_attrs, trial.system_attrs
-        origin = _count(s.get(RETRIED_FROM))
+        continued = _continuation(a.get(CONTINUES))
+        origin = continued[1] if continued else _count(s.get(RETRIED_FROM))
+        paused = a.get(PAUSED)
         return cls(
             # The first value is macro F1 in every maskopt study, one objective or several.
             number=trial.number, state=trial.state, value=trial.values[0] if trial.values else None,
@@ -231,6 +260,10 @@ class TrialRecord:
             failed_before_training=a.get(FAILED_BEFORE_TRAINING) is True,
             latency=LatencyRecord.read(a.get(LATENCY)),
             device_share=DeviceShare.read(a.get(DEVICE_SHARE)),
+            paused_at=_count(paused.get("step")) if isinstance(paused, dict) and trial.state == TrialState.PRUNED
+            else None,
+            continues=continued[0] if continued else None,
+            warm_start=WarmStartOrigin.read(a.get(WARM_START)),
         )
 
     @property
@@ -249,15 +282,46 @@ class TrialRecord:
 
         Finished, running and waiting trials count, and so do trials that failed on their own.
         A trial left FAIL by a killed or interrupted worker does not: it is re-run (by the
-        heartbeat retry, or by the next run).
+        heartbeat retry, or by the next run). Nor does the continuation of a paused trial: the
+        total counts configurations, and the paused trial counted already.
         """
+        if self.continues is not None:
+            return False
         return self.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING) or self.failed_on_its_own
 
 
-def retried_from(trial: optuna.Trial) -> int:
-    """The number of the trial a running trial retries (after its worker died), or its own number."""
-    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
-    return attrs.get(RETRIED_FROM, trial.number)
+def origin_of(trial: optuna.Trial) -> int:
+    """The trial whose checkpoint a running trial continues: the paused trial's origin for a
+    promotion, the first trial of the retry chain for a retry (its worker died), else its own number."""
+    storage = trial.study._storage
+    continued = _continuation(storage.get_trial_user_attrs(trial._trial_id).get(CONTINUES))
+    if continued:
+        return continued[1]
+    return storage.get_trial_system_attrs(trial._trial_id).get(RETRIED_FROM, trial.number)
+
+
+def continued_trial(trial: optuna.Trial) -> int | None:
+    """The paused trial a running trial continues (a promotion), or None."""
+    continued = _continuation(trial.study._storage.get_trial_user_attrs(trial._trial_id).get(CONTINUES))
+    return continued[0] if continued else None
+
+
+def continuation_attrs(paused: TrialRecord) -> dict[str, Any]:
+    """The user attributes of the trial that continues ``paused`` from its checkpoint."""
+    return {CONTINUES: {"trial": paused.number, "origin": paused.origin}}
+
+
+def pause_attrs(step: int, rung: int) -> dict[str, Any]:
+    """The user attributes of a trial paused at rung ``rung`` (step ``step``), its checkpoint kept."""
+    return {PAUSED: {"step": step, "rung": rung}}
+
+
+def _continuation(value) -> tuple[int, int] | None:
+    """(paused trial, its origin) of a ``continues`` attribute, or None when missing or malformed."""
+    if not isinstance(value, dict):
+        return None
+    trial, origin = _count(value.get("trial")), _count(value.get("origin"))
+    return None if trial is None or origin is None else (trial, origin)
 
 
 @dataclass(frozen=True)
@@ -413,14 +477,16 @@ class StudyRecord:
         complete = [t for t in self.trials((TrialState.COMPLETE,)) if t.ran_every_fold]
         return sorted(complete, key=lambda t: t.value, reverse=True)[:n]
 
+    def paused(self) -> list[TrialRecord]:
+        """Trials the asha pruner paused that no trial continues yet (see scheduler.py)."""
+        trials = self.trials()
+        continued = {t.continues for t in trials if t.continues is not None}
+        return [t for t in trials if t.paused_at is not None and t.number not in continued]
+
     @property
     def counted(self) -> int:
         """Trials that count towards the study's total (see :attr:`TrialRecord.counts`)."""
         return sum(t.counts for t in self.trials())
-
-    @property
-    def has_waiting(self) -> bool:
-        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
     def is_retried(self, number: int) -> bool:
         """True when a retry of trial ``number`` is already queued (or has run)."""

@@ -121,5 +121,8 @@ def queue_interrupted_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
 
 
 def live_origins(study: optuna.Study) -> set[int]:
-    """Origins of the trials that may still resume: running ones and queued retries."""
-    return {t.origin for t in StudyRecord.of(study).trials((TrialState.RUNNING, TrialState.WAITING))}
+    """Origins of the trials that may still resume: running ones, queued retries and promotions,
+    and paused trials waiting for a promotion."""
+    record = StudyRecord.of(study)
+    return ({t.origin for t in record.trials((TrialState.RUNNING, TrialState.WAITING))}
+            | {t.origin for t in record.paused()})

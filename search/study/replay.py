@@ -54,7 +54,9 @@ from maskopt.search.space import (
 )
 from maskopt.search.space.components import _quietly
 from maskopt.search.space.schema import Dimension
-from maskopt.search.study.record import StudyRecord, TrialRecord
+from maskopt.search.space.asha import AshaPruner
+from maskopt.search.study.record import StudyRecord, TrialRecord, continuation_attrs, pause_attrs
+from maskopt.search.study.scheduler import next_promotion, to_evict
 
 FORMAT = "maskopt-curves/1"
 
@@ -205,6 +207,8 @@ class ReplayedTrial:
     epochs: int
     pruned: bool
     value: float | None
+    paused: bool = False  # pruned by asha with its checkpoint kept: a promotion may continue it
+    continues: int | None = None  # the paused trial (its index in the replay's trials) this one continues
 
 
 @dataclass(frozen=True)
@@ -324,20 +328,38 @@ def replay(curves: Curves, *, sampler: Component, pruner: Component, workers: in
         for row in order:
             study.enqueue_trial(dict(curves.configs[row]))
         events: list[tuple[float, int, int]] = []  # (time, tie-breaker, worker)
-        running: dict[int, tuple[optuna.Trial, int, int]] = {}  # worker -> (trial, its index in log, next report)
+        # worker -> (trial, its index in log, next report, when the trial would have started from step 0)
+        running: dict[int, tuple[optuna.Trial, int, int, float]] = {}
         log: list[ReplayedTrial] = []
         tie = itertools.count()
         curve: list[tuple[float, float]] = []
         best_config, ended, cut = None, 0.0, False
 
+        asha = study.pruner if isinstance(study.pruner, AshaPruner) and study.pruner.max_paused else None
+        paused: dict[int, int] = {}  # paused trial number -> its next report, while it may be promoted
+
         def start(worker: int, now: float) -> None:
-            if now >= budget or (trials is not None and len(log) >= trials):
+            if now >= budget:
+                return
+            promoted = None if asha is None else next_promotion(study, asha, resumable=lambda t: t.number in paused)
+            if promoted is not None:
+                study.enqueue_trial(promoted.params, user_attrs=continuation_attrs(promoted))
+            elif trials is not None and sum(t.continues is None for t in log) >= trials:
                 return
             trial = study.ask()
-            row = curves.nearest(_suggest(trial, curves.dims))
-            running[worker] = (trial, len(log), 0)
-            log.append(ReplayedTrial(row, now, None, 0, False, None))
-            heapq.heappush(events, (now + plan(row).times[0], next(tie), worker))
+            if promoted is not None:
+                # As the objective resumes: the inherited reports again, then the epochs left.
+                first = paused.pop(promoted.number)
+                p = plan(log[promoted.number].row)
+                for step, value in p.reports[:first]:
+                    trial.report(value, step)
+                row, base = log[promoted.number].row, now - p.times[first - 1]
+            else:
+                row, first, base = curves.nearest(_suggest(trial, curves.dims)), 0, now
+            running[worker] = (trial, len(log), first, base)
+            log.append(ReplayedTrial(row, now, None, 0, False, None,
+                                     continues=None if promoted is None else promoted.number))
+            heapq.heappush(events, (base + plan(row).times[first], next(tie), worker))
 
         for worker in range(workers):
             start(worker, 0.0)
@@ -347,7 +369,7 @@ def replay(curves: Curves, *, sampler: Component, pruner: Component, workers: in
                 cut = True
                 break
             ended = now
-            trial, index, report = running[worker]
+            trial, index, report, base = running[worker]
             entry = log[index]
             p = plan(entry.row)
             step, value = p.reports[report]
@@ -355,15 +377,23 @@ def replay(curves: Curves, *, sampler: Component, pruner: Component, workers: in
             entry = dataclasses.replace(entry, epochs=entry.epochs + p.epochs_per_report)
             if report + 1 < len(p.reports) and not trial.should_prune():
                 log[index] = entry
-                running[worker] = (trial, index, report + 1)
-                heapq.heappush(events, (entry.start + p.times[report + 1], next(tie), worker))
+                running[worker] = (trial, index, report + 1, base)
+                heapq.heappush(events, (base + p.times[report + 1], next(tie), worker))
                 continue
             if report + 1 < len(p.reports):  # pruned
-                log[index] = dataclasses.replace(entry, end=now, pruned=True)
+                pause = asha is not None and step in asha.rungs
+                log[index] = dataclasses.replace(entry, end=now, pruned=True, paused=pause)
                 if steps.per_fold:  # as the objective: the mean of the folds so far, COMPLETE
                     study.tell(trial, float(np.mean(p.fold_best[:report + 1])))
                 else:
+                    if pause:
+                        for key, value in pause_attrs(step, asha.rungs.index(step)).items():
+                            trial.set_user_attr(key, value)
+                        paused[trial.number] = report + 1
                     study.tell(trial, state=TrialState.PRUNED)
+                    if pause:  # as a search keeps at most max_paused checkpoints
+                        for t in to_evict(study, asha, resumable=lambda t: t.number in paused):
+                            del paused[t.number]
             else:
                 score = float(np.mean(p.fold_best))
                 log[index] = dataclasses.replace(entry, end=now, value=score)

@@ -42,6 +42,8 @@ from maskopt.search.study.recovery import (
     queue_interrupted_trial,
     recover_dead_trials,
 )
+from maskopt.search.study.scheduler import keep_paused_within, promote
+from maskopt.search.study.warm_start import DEFAULT_TOP, enqueue_warm_start
 from maskopt.search.train.resources import torch_session
 from maskopt.storage import create_or_load_study, open_storage, redact, resolve_url
 
@@ -80,8 +82,14 @@ class SearchResult:
 
 def _trials_left(record: StudyRecord, trials: int) -> bool:
     # Waiting trials (enqueued, or re-queued after a dead worker) count towards the total
-    # already, so they must run even when the count has reached it.
-    return record.counted < trials or record.has_waiting
+    # already, so they must run even when the count has reached it. A queued promotion is left
+    # to the worker that queued it, which runs it next (see after_trial).
+    return record.counted < trials or bool(_waiting_to_run(record))
+
+
+def _waiting_to_run(record: StudyRecord) -> list[TrialRecord]:
+    """Queued trials any worker may run: all but the promotions (each is its promoter's)."""
+    return [t for t in record.trials((TrialState.WAITING,)) if t.continues is None]
 
 
 def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
@@ -183,6 +191,9 @@ def run_search(
     checkpoints: str | Path | bool = True,
     worker_index: int = 0,
     device_share: DeviceShare | None = None,
+    warm_start: str | None = None,
+    warm_start_storage: str | None = None,
+    warm_start_top: int = DEFAULT_TOP,
     quiet: bool = False,
 ) -> SearchResult:
     """Create or resume the study of ``space`` and run trials until it holds ``trials``.
@@ -215,6 +226,10 @@ def run_search(
             and training seeds do not depend on it.
         device_share: The GPU this worker trains on and how many workers share it, recorded on
             every trial (``run_workers`` sets it); None: not one of several workers on GPUs.
+        warm_start: An earlier study whose best configurations are queued to run first (see
+            ``warm_start.py``); once per study: a rerun queues nothing again.
+        warm_start_storage: Its storage (None: ``storage``).
+        warm_start_top: How many of its best trials that ran every fold are queued.
         quiet: No progress bars.
 
     Raises:
@@ -231,6 +246,9 @@ def run_search(
                          quiet=quiet)
     space, optuna_study = opened.space, opened.study
     record = StudyRecord.of(optuna_study)
+    warm = None if warm_start is None else enqueue_warm_start(
+        optuna_study, space, storage=opened.storage_url, source_study=warm_start, source_storage=warm_start_storage,
+        top=warm_start_top, room=trials - record.counted)
     if checkpoints is False:
         store = None
     else:
@@ -240,7 +258,7 @@ def run_search(
         _run_trials(opened, record, trials, timeout, torch_device, store, artifacts, quiet, device_share)
     if store is not None:
         store.sweep(keep=live_origins(optuna_study))
-    return summary_of(optuna_study, opened.storage_url, trials, opened.notes)
+    return summary_of(optuna_study, opened.storage_url, trials, opened.notes + (warm.notes if warm else ()))
 
 
 def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout: float | None, torch_device,
@@ -248,6 +266,11 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
     """Run trials until the study holds ``trials``, or the timeout passes."""
     optuna_study = record.study
     recover_dead_trials(optuna_study)
+    if store is None and opened.space.study.pruner.name == "asha":
+        logger.warning("the asha pruner pauses trials in their checkpoints, and this search keeps none "
+                       "(`checkpoints` is off): a trial stopped at a rung stops for good")
+    if _trials_left(record, trials):  # a rerun to a larger total first continues what earlier runs paused
+        promote(optuna_study, store)
     trial_bar = tqdm(total=trials, initial=min(record.counted, trials), desc="trials", unit="trial",
                      disable=quiet, position=0, dynamic_ncols=True)
 
@@ -262,13 +285,19 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
         failed_before_training[:] = [*failed_before_training, finished] if finished.failed_before_training else []
         recover_dead_trials(study)
         if store is not None:
+            keep_paused_within(study, store)
             store.sweep(keep=live_origins(study))
         counted = record.counted
         trial_bar.n = min(counted, trials)
         trial_bar.refresh()
         logger.info(describe_trial(finished))
+        promoted = promote(study, store)  # before the total is checked: a queued promotion runs even after it
         raise_if_interrupted()
-        if (counted >= trials and not record.has_waiting) or len(failed_before_training) >= MAX_FAILURES_BEFORE_TRAINING:
+        # Past the total, a worker goes on for a queued retry, or for the promotion it queued
+        # itself: another worker's promotion is that worker's to run (were both to go on, the one
+        # that found the queue empty would sample a configuration beyond the total).
+        if ((counted >= trials and promoted is None and not _waiting_to_run(record))
+                or len(failed_before_training) >= MAX_FAILURES_BEFORE_TRAINING):
             study.stop()
 
     objective = Objective(space=opened.space, data=opened.data, device=torch_device,

@@ -62,6 +62,7 @@ def worker_environments(workers: int, *, workers_per_gpu: int, gpus: int,
 
 def run_workers(space, *, workers: int, trials: int, storage: str | None = None, device: str = "auto",
                 threads: int | None = None, worker_index: int = 0, workers_per_gpu: int | None = None,
+                warm_start: str | None = None, warm_start_storage: str | None = None, warm_start_top: int = 5,
                 **search_kwargs):
     """Run ``workers`` processes of ``run_search`` on one study and return its summary.
 
@@ -80,6 +81,9 @@ def run_workers(space, *, workers: int, trials: int, storage: str | None = None,
         workers_per_gpu: Workers sharing each GPU (default: the space's ``study.workers_per_gpu``);
             ``workers`` counts them all, so ``workers_per_gpu`` x GPUs fills every GPU. Ignored,
             with a note, when no GPU is used.
+        warm_start, warm_start_storage, warm_start_top: An earlier study whose best configurations
+            are queued to run first (see ``run_search``): queued here, once, before any worker
+            starts, so that workers never race to queue them twice.
         **search_kwargs: Other ``run_search`` arguments (data, study, seed, exclude_broken,
             timeout, cache_dir, artifacts, heartbeat_interval, checkpoints).
 
@@ -89,8 +93,9 @@ def run_workers(space, *, workers: int, trials: int, storage: str | None = None,
     """
     from maskopt.errors import SearchInterrupted
     from maskopt.search.space.schema import check_workers_per_gpu
-    from maskopt.search.study.record import DeviceShare
+    from maskopt.search.study.record import DeviceShare, StudyRecord
     from maskopt.search.study.runner import open_search, summary_of
+    from maskopt.search.study.warm_start import enqueue_warm_start
     from maskopt.search.train.resources import threads_per_worker
     from maskopt.storage import redact, resolve_url
 
@@ -103,6 +108,11 @@ def run_workers(space, *, workers: int, trials: int, storage: str | None = None,
     open_keys = ("data", "study", "seed", "exclude_broken", "cache_dir", "heartbeat_interval", "quiet")
     open_kwargs = {k: v for k, v in search_kwargs.items() if k in open_keys}
     opened = open_search(space, storage=url, **open_kwargs)
+    notes = opened.notes
+    if warm_start is not None:
+        room = trials - StudyRecord.of(opened.study).counted
+        notes += enqueue_warm_start(opened.study, opened.space, storage=url, source_study=warm_start,
+                                    source_storage=warm_start_storage, top=warm_start_top, room=room).notes
 
     gpus = _gpu_count(device)
     if per_gpu > 1 and not gpus:
@@ -146,7 +156,7 @@ def run_workers(space, *, workers: int, trials: int, storage: str | None = None,
     if any(code != 0 for code in codes):
         raise MaskoptError(f"{sum(c != 0 for c in codes)} of {workers} workers failed (exit codes {codes}); "
                            f"their messages are above. The study is intact: run the same command to continue.")
-    return summary_of(opened.study, url, trials, opened.notes)
+    return summary_of(opened.study, url, trials, notes)
 
 
 def _join(process, forward) -> None:

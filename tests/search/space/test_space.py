@@ -73,7 +73,7 @@ def test_full_space_reads_int_ranges_and_pruner_options():
     space = load_space(ROOT / "spaces" / "full.yaml")
     assert space.dims["freeze_depth"] == Range(0, 2)
     assert space.dims["age_old"] == Range(57, 60)
-    assert space.study.pruner == Component("hyperband", (("reduction_factor", 3),))
+    assert space.study.pruner == Component("asha", (("reduction_factor", 4),))
     assert space.study.layout == "competition" and space.study.folds == 5
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 from worker_processes import (
+    SPACE,
     finish,
     finished_and_running,
     kill,
@@ -23,6 +24,8 @@ from worker_processes import (
     wait_for_running_trial,
     write_space,
 )
+
+from maskopt.search.study.record import TrialRecord
 
 pytestmark = pytest.mark.slow  # real worker processes and searches, tens of seconds each
 
@@ -257,3 +260,24 @@ def test_stopped_at_every_moment_of_a_trial_by_every_signal_the_study_still_reac
     # Every stopped trial was failed and queued again; none counted towards the total.
     assert all(t.state in (TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert not any(t.user_attrs.get("fail_reason") for t in trials)
+
+
+def test_workers_on_postgres_promote_each_paused_trial_once(fresh_postgres_url, tiny_data, tmp_path):
+    # Three workers share a study whose asha pruner pauses most trials; they promote paused trials
+    # from the shared checkpoint folder (the default beside the space for PostgreSQL) as they race.
+    space = tmp_path / "asha.yaml"
+    space.write_text(SPACE.format(name="asha", epochs=2).replace("pruner: none",
+                                                                 "pruner: {name: asha, reduction_factor: 2}"))
+    workers = [start_worker(space, tiny_data, fresh_postgres_url, 12, tmp_path / "cache", "--worker-index", str(i))
+               for i in range(3)]
+    for w in workers:
+        out = finish(w)
+        assert w.returncode == 0, out
+    trials = [TrialRecord.of(t) for t in load(fresh_postgres_url, "asha").get_trials()]
+    continued = [t.continues for t in trials if t.continues is not None]
+    assert continued and len(continued) == len(set(continued))  # promoted, and never twice
+    by_number = {t.number: t for t in trials}
+    assert all(by_number[n].paused_at is not None and by_number[n].params == t.params
+               for t in trials if (n := t.continues) is not None)
+    assert sum(t.counts for t in trials) == 12
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
