@@ -69,6 +69,7 @@ class Objective:
     artifact_dir: str | Path | None = None
     checkpoints: CheckpointStore | None = None
     device_share: record.DeviceShare | None = None
+    total: int | None = None  # the study's total of trials (``--trials``), for workers that race to it
 
     def __call__(self, trial: optuna.Trial) -> float:
         # First: a retry arrives carrying its dead original's "worker", and another worker's
@@ -78,6 +79,7 @@ class Objective:
             return self._run(trial)
 
     def _run(self, trial: optuna.Trial) -> float:
+        self._check_total(trial)
         try:
             params = self.space.suggest(trial)
         except MaskoptError:  # the storage's own clean error (a full disk): not the sampler's fault
@@ -224,6 +226,22 @@ class Objective:
                 self.checkpoints.remove(origin)
             release_memory(self.device)
 
+    def _check_total(self, trial: optuna.Trial) -> None:
+        """Refuse to run a sampled trial beyond the study's total.
+
+        Each worker looks at the count before it starts a trial, and two that finish trials at the
+        same moment both see room for one more: the trial numbered later of the two (the storage
+        numbers them atomically) is FAIL, not run and not counted.
+        """
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        if self.total is None or record.TrialRecord.of(frozen).queued:
+            return
+        if record.StudyRecord.of(trial.study).is_beyond_total(trial.number, self.total):
+            trial.set_user_attr(record.BEYOND_TOTAL, True)
+            reason = f"not run: other workers had already started the study's {self.total} trials"
+            trial.set_user_attr(record.FAIL_REASON, reason)
+            raise BeyondTotal(reason)
+
     def _latency(self, trial: optuna.Trial, params: TrialParams) -> Latency:
         """Time the configuration's architecture at its image size on one CPU thread (whatever the search
         uses, so that every trial's figure compares; its weights do not matter), record it, and apply
@@ -348,6 +366,10 @@ class Objective:
                 raise
             raise RuntimeError(f"out of memory in fold {fold + 1} at batch {params.batch_size}, and again at "
                                f"{half} x 2 accumulation; lower batch_size or image_size ({first[:500]})") from e
+
+
+class BeyondTotal(Exception):
+    """A sampled trial found the study's total already started (workers raced to the last one)."""
 
 
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:

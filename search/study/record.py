@@ -53,6 +53,9 @@ OOM_RETRY = "oom_retry"
 NOTE_ERROR = "note_error"
 OOF_ERROR = "oof_error"
 FAILED_BEFORE_TRAINING = "failed_before_training"  # the sampler or the set-up failed: no epoch ran
+# A sampled trial that found the study's total already started by other workers (they finished
+# trials at the same moment and each started one more): FAIL, not run, not counted.
+BEYOND_TOTAL = "beyond_total"
 LATENCY = "latency"  # CPU inference latency of the architecture at its image size (train/latency.py)
 PAUSED = "paused"  # {step, rung}: the asha pruner stopped it at a rung with its checkpoint kept (scheduler.py)
 CONTINUES = "continues"  # {trial, origin}: a promoted paused trial, continued from its checkpoint
@@ -61,6 +64,7 @@ WARM_START = "warm_start"  # {study, trial}: the earlier study's trial whose con
 # Optuna system attributes set by its retry of a trial whose worker died.
 RETRIED_FROM = "failed_trial"  # the number of the first trial of the retry chain
 RETRY_HISTORY = "retry_history"
+QUEUED = "fixed_params"  # Optuna's: the parameters of a queued trial (enqueue_trial, a retry)
 
 # Study user attributes.
 SPACE = "maskopt_space"  # the space as a dict (SearchSpace.to_dict), written by the runner
@@ -230,6 +234,8 @@ class TrialRecord:
     origin: int  # the trial this one retries, or its own number
     retry_history: tuple[int, ...]  # the trials this one retries, oldest first
     failed_before_training: bool = False
+    beyond_total: bool = False
+    queued: bool = False  # it was queued (enqueued, a retry, a promotion), not sampled
     latency: LatencyRecord | None = None
     device_share: DeviceShare | None = None  # None: not run by one of several workers on GPUs (see workers.py)
     paused_at: int | None = None  # the rung step where the asha pruner paused it (see scheduler.py)
@@ -258,6 +264,8 @@ class TrialRecord:
             origin=trial.number if origin is None else origin,
             retry_history=_ints(s.get(RETRY_HISTORY)) or (),
             failed_before_training=a.get(FAILED_BEFORE_TRAINING) is True,
+            beyond_total=a.get(BEYOND_TOTAL) is True,
+            queued=QUEUED in s,
             latency=LatencyRecord.read(a.get(LATENCY)),
             device_share=DeviceShare.read(a.get(DEVICE_SHARE)),
             paused_at=_count(paused.get("step")) if isinstance(paused, dict) and trial.state == TrialState.PRUNED
@@ -285,7 +293,7 @@ class TrialRecord:
         heartbeat retry, or by the next run). Nor does the continuation of a paused trial: the
         total counts configurations, and the paused trial counted already.
         """
-        if self.continues is not None:
+        if self.continues is not None or self.beyond_total:
             return False
         return self.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING) or self.failed_on_its_own
 
@@ -492,11 +500,17 @@ class StudyRecord:
         """True when a retry of trial ``number`` is already queued (or has run)."""
         return any(number in t.retry_history for t in self.trials())
 
+    def is_beyond_total(self, number: int, total: int) -> bool:
+        """True when sampled trial ``number`` would make the study exceed ``total``: the trials that
+        count without it, before it or queued (queued ones run whatever happens), are ``total``."""
+        ahead = [t for t in self.trials() if t.number != number and t.counts and (t.number < number or t.queued)]
+        return len(ahead) >= total
+
     def failure_reasons(self) -> dict[str, int]:
         """Each distinct reason a trial failed on its own for, with how many trials."""
         reasons: dict[str, int] = {}
         for t in self.trials((TrialState.FAIL,)):
-            if t.fail_reason is not None:
+            if t.fail_reason is not None and not t.beyond_total:
                 reasons[t.fail_reason] = reasons.get(t.fail_reason, 0) + 1
         return reasons
 

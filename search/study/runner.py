@@ -302,7 +302,7 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
 
     objective = Objective(space=opened.space, data=opened.data, device=torch_device,
                           epoch_bar=None if quiet else epoch_bar, artifact_dir=artifacts, checkpoints=store,
-                          device_share=device_share)
+                          device_share=device_share, total=trials)
     interrupts = interrupts_stop_the_search()
     try:
         with interrupts:

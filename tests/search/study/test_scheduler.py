@@ -22,6 +22,7 @@ from maskopt.search.space.asha import AshaPruner, ranks_on, rung_steps
 from maskopt.search.study.checkpoints import CheckpointStore
 from maskopt.search.study.record import StudyRecord, TrialRecord, continuation_attrs
 from maskopt.search.study.replay import replay
+from maskopt.search.study import runner
 from maskopt.search.study.runner import run_search
 from tests.search.study.test_replay import grid
 
@@ -170,3 +171,21 @@ def test_the_pruner_ranks_configurations_not_trials():
     study.add_trial(optuna.trial.create_trial(params={"lr": "g"}, distributions=lr, intermediate_values={0: 0.85},
                                               state=TrialState.PRUNED))
     assert AshaPruner(max_resource=4).prune(study, b)  # now third of 7 configurations: the top 2 go on
+
+
+def test_a_sampled_trial_beyond_the_total_is_not_run_nor_counted(demo_data, cache_dir, tmp_path, space_dict,
+                                                                  monkeypatch, caplog):
+    # Two workers that finish trials at the same moment both see room for one more; the one whose
+    # trial came second must not run it. Made deterministic: this worker is told there is room.
+    space = parse_space(space_dict(study={"name": "race", "data": str(demo_data)}), source="x")
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    common = {"device": "cpu", "threads": 1, "quiet": True, "cache_dir": cache_dir, "heartbeat_interval": None,
+              "checkpoints": False}
+    run_search(space, trials=1, storage=url, **common)
+    monkeypatch.setattr(runner, "_trials_left", lambda record, trials: True)
+    result = run_search(space, trials=1, storage=url, **common)
+    trials = StudyRecord.open(url, "race").trials()
+    assert [(t.state, t.counts, t.beyond_total) for t in trials] == [
+        (TrialState.COMPLETE, True, False), (TrialState.FAIL, False, True)]
+    assert trials[1].epochs_trained is None and "already started the study's 1 trials" in trials[1].fail_reason
+    assert result.counted_trials == 1 and result.failures == ()
