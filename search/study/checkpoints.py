@@ -7,7 +7,8 @@ atomically (a temporary file in the same folder, then ``os.replace``), so a work
 writing leaves the previous checkpoint intact. The file is removed when the trial ends, unless
 the ``asha`` pruner paused it (``scheduler.py``: a promotion continues from it), so the disk holds
 at most one checkpoint per running (or killed, not yet retried) trial, plus the paused ones the
-pruner's ``max_paused`` allows. ``promoted-<trial>`` files mark paused trials already promoted.
+pruner's ``max_paused`` allows. A ``claim-<trial>`` file exists while a worker promotes or
+evicts a paused trial.
 
 The file is read with ``torch.load(weights_only=True)``: it holds tensors, numbers, strings,
 lists and dicts only, and a file that needs more (or is truncated, or from another maskopt) is
@@ -170,24 +171,24 @@ class CheckpointStore:
         except UnusableCheckpoint as e:
             return None, f"checkpoint {path} cannot be used: {e}; starting from zero"
 
-    def claim_promotion(self, number: int) -> bool:
-        """Mark paused trial ``number`` as promoted; False when a worker marked it first.
+    def claim(self, number: int) -> bool:
+        """Mark paused trial ``number`` as being promoted or evicted; False when a worker holds it.
 
         Creating the file with ``O_EXCL`` is atomic, on a folder shared between machines too, so
-        of several workers promoting the same paused trial one wins (see scheduler.py).
+        of several workers one wins (see scheduler.py); :meth:`release` ends the claim.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(self._promotion_mark(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            os.close(os.open(self._claim_mark(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
             return False
         return True
 
-    def is_claimed(self, number: int) -> bool:
-        return self._promotion_mark(number).exists()
+    def release(self, number: int) -> None:
+        self._claim_mark(number).unlink(missing_ok=True)
 
-    def _promotion_mark(self, number: int) -> Path:
-        return self.folder / f"promoted-{number}"
+    def _claim_mark(self, number: int) -> Path:
+        return self.folder / f"claim-{number}"
 
     def remove(self, origin: int) -> None:
         path = self.path(origin)

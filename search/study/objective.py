@@ -146,7 +146,10 @@ class Objective:
         try:
             latency = self._latency(trial, params)  # before training: an infeasible configuration trains nothing
             if resume is not None and reporting:
-                self._replay_reports(trial, steps, done, partial)
+                judged = self._replay_reports(trial, steps, done, partial)
+                if judged is not None and trial.should_prune():
+                    stopped_at = judged  # the checkpoint holds this step: a pausing pruner keeps it
+                    raise optuna.TrialPruned(f"pruned at step {judged} after resuming from trial {origin}")
             first_fold = len(done)  # the fold a resumed trial continues; every later fold starts afresh
             for fold, (train_idx, val_idx) in enumerate(folds):
                 if fold < first_fold:
@@ -272,6 +275,9 @@ class Objective:
         if self.checkpoints is None:
             return None
         checkpoint, note = self.checkpoints.load(origin, fingerprint)
+        if note is None and checkpoint is None and origin != trial.number:
+            note = (f"no checkpoint of trial {origin} in {self.checkpoints.folder} (it stopped before its first "
+                    f"epoch, or the checkpoint is on another machine or was deleted); starting from zero")
         if note is not None:
             self._checkpoint_note(trial, note)
         return checkpoint
@@ -293,21 +299,21 @@ class Objective:
         logger.warning("trial %d: %s", trial.number, note)
 
     def _replay_reports(self, trial: optuna.Trial, steps: PruningSteps, done: list[FoldOutcome],
-                        partial: FoldState | None) -> None:
-        """Report the intermediate values of the epochs a resumed trial inherits, as they were.
+                        partial: FoldState | None) -> int | None:
+        """Report the intermediate values of the epochs a resumed trial inherits, as they were;
+        returns the last inherited step if the pruner must be asked about it, else None.
 
-        The pruner then sees the same curve as for an uninterrupted trial; it is asked once more
-        about the last inherited step, whose answer the killed worker may not have acted on.
+        The pruner then sees the same curve as for an uninterrupted trial, and is asked once more
+        about the last inherited step, whose answer the killed worker may not have acted on;
+        not when a promotion continues from the step it was paused at (it was judged then).
         """
         histories = [d.f1_history for d in done] + ([partial.result.f1_history] if partial else [])
         reports = steps.curve([d.f1 for d in done], histories)
         for step, value in reports:
             trial.report(value, step)
-        # A promoted trial was judged at its last inherited step when it was promoted.
-        if (reports and reports[-1][0] < steps.last and record.continued_trial(trial) is None
-                and trial.should_prune()):
-            raise optuna.TrialPruned(f"pruned at step {reports[-1][0]} after resuming from trial "
-                                     f"{record.origin_of(trial)}")
+        if not reports or reports[-1][0] >= steps.last or reports[-1][0] == record.promoted_at(trial):
+            return None
+        return reports[-1][0]
 
     def _save_oof(self, trial, oof: OutOfFold) -> None:
         """Keep the OOF probabilities for ensembles, calibration and label issues (see oof.py)."""

@@ -64,7 +64,7 @@ WARM_START = "warm_start"  # {study, trial}: the earlier study's trial whose con
 # Optuna system attributes set by its retry of a trial whose worker died.
 RETRIED_FROM = "failed_trial"  # the number of the first trial of the retry chain
 RETRY_HISTORY = "retry_history"
-QUEUED = "fixed_params"  # Optuna's: the parameters of a queued trial (enqueue_trial, a retry)
+QUEUED = "fixed_params"  # Optuna's: the parameters of an enqueued trial (a retry has RETRIED_FROM)
 
 # Study user attributes.
 SPACE = "maskopt_space"  # the space as a dict (SearchSpace.to_dict), written by the runner
@@ -235,7 +235,7 @@ class TrialRecord:
     retry_history: tuple[int, ...]  # the trials this one retries, oldest first
     failed_before_training: bool = False
     beyond_total: bool = False
-    queued: bool = False  # it was queued (enqueued, a retry, a promotion), not sampled
+    queued: bool = False  # it was queued (enqueued, a retry, a promotion, a warm start), not sampled
     latency: LatencyRecord | None = None
     device_share: DeviceShare | None = None  # None: not run by one of several workers on GPUs (see workers.py)
     paused_at: int | None = None  # the rung step where the asha pruner paused it (see scheduler.py)
@@ -265,7 +265,7 @@ class TrialRecord:
             retry_history=_ints(s.get(RETRY_HISTORY)) or (),
             failed_before_training=a.get(FAILED_BEFORE_TRAINING) is True,
             beyond_total=a.get(BEYOND_TOTAL) is True,
-            queued=QUEUED in s,
+            queued=QUEUED in s or RETRIED_FROM in s,
             latency=LatencyRecord.read(a.get(LATENCY)),
             device_share=DeviceShare.read(a.get(DEVICE_SHARE)),
             paused_at=_count(paused.get("step")) if isinstance(paused, dict) and trial.state == TrialState.PRUNED
@@ -308,15 +308,15 @@ def origin_of(trial: optuna.Trial) -> int:
     return storage.get_trial_system_attrs(trial._trial_id).get(RETRIED_FROM, trial.number)
 
 
-def continued_trial(trial: optuna.Trial) -> int | None:
-    """The paused trial a running trial continues (a promotion), or None."""
-    continued = _continuation(trial.study._storage.get_trial_user_attrs(trial._trial_id).get(CONTINUES))
-    return continued[0] if continued else None
+def promoted_at(trial: optuna.Trial) -> int | None:
+    """The step at which the paused trial that a running trial continues was paused, or None."""
+    value = trial.study._storage.get_trial_user_attrs(trial._trial_id).get(CONTINUES)
+    return _count(value.get("step")) if _continuation(value) else None
 
 
 def continuation_attrs(paused: TrialRecord) -> dict[str, Any]:
     """The user attributes of the trial that continues ``paused`` from its checkpoint."""
-    return {CONTINUES: {"trial": paused.number, "origin": paused.origin}}
+    return {CONTINUES: {"trial": paused.number, "origin": paused.origin, "step": paused.paused_at}}
 
 
 def pause_attrs(step: int, rung: int) -> dict[str, Any]:

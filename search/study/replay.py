@@ -344,21 +344,21 @@ def replay(curves: Curves, *, sampler: Component, pruner: Component, workers: in
             promoted = None if asha is None else next_promotion(study, asha, resumable=lambda t: t.number in paused)
             if promoted is not None:
                 study.enqueue_trial(promoted.params, user_attrs=continuation_attrs(promoted))
-            elif trials is not None and sum(t.continues is None for t in log) >= trials:
+            elif trials is not None and sum(t.continues is None for t in log) >= trials and not _waiting(study):
                 return
-            trial = study.ask()
-            if promoted is not None:
+            trial = study.ask()  # the oldest queued trial first: not necessarily the promotion just queued
+            continues = TrialRecord.of(study._storage.get_trial(trial._trial_id)).continues
+            if continues is not None:
                 # As the objective resumes: the inherited reports again, then the epochs left.
-                first = paused.pop(promoted.number)
-                p = plan(log[promoted.number].row)
+                first = paused.pop(continues)
+                p = plan(log[continues].row)
                 for step, value in p.reports[:first]:
                     trial.report(value, step)
-                row, base = log[promoted.number].row, now - p.times[first - 1]
+                row, base = log[continues].row, now - p.times[first - 1]
             else:
                 row, first, base = curves.nearest(_suggest(trial, curves.dims)), 0, now
             running[worker] = (trial, len(log), first, base)
-            log.append(ReplayedTrial(row, now, None, 0, False, None,
-                                     continues=None if promoted is None else promoted.number))
+            log.append(ReplayedTrial(row, now, None, 0, False, None, continues=continues))
             heapq.heappush(events, (base + plan(row).times[first], next(tie), worker))
 
         for worker in range(workers):
@@ -405,6 +405,10 @@ def replay(curves: Curves, *, sampler: Component, pruner: Component, workers: in
     return ReplayRun(sampler=sampler, pruner=pruner, workers=workers, seed=seed, budget_seconds=budget_seconds,
                      seconds=budget if cut else ended, trials=tuple(log), curve=tuple(curve),
                      best=curve[-1][1] if curve else None, best_config=best_config)
+
+
+def _waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _suggest(trial: optuna.Trial, dims: Mapping[str, Dimension]) -> dict[str, Any]:

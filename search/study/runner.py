@@ -81,15 +81,9 @@ class SearchResult:
 
 
 def _trials_left(record: StudyRecord, trials: int) -> bool:
-    # Waiting trials (enqueued, or re-queued after a dead worker) count towards the total
-    # already, so they must run even when the count has reached it. A queued promotion is left
-    # to the worker that queued it, which runs it next (see after_trial).
-    return record.counted < trials or bool(_waiting_to_run(record))
-
-
-def _waiting_to_run(record: StudyRecord) -> list[TrialRecord]:
-    """Queued trials any worker may run: all but the promotions (each is its promoter's)."""
-    return [t for t in record.trials((TrialState.WAITING,)) if t.continues is None]
+    # Waiting trials (enqueued, re-queued after a dead worker, promoted) count towards the total
+    # already or continue a trial that did, so they must run even when the count has reached it.
+    return record.counted < trials or bool(record.trials((TrialState.WAITING,)))
 
 
 def sampler_seed(seed: int, worker_index: int, study: optuna.Study) -> int:
@@ -291,12 +285,11 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
         trial_bar.n = min(counted, trials)
         trial_bar.refresh()
         logger.info(describe_trial(finished))
-        promoted = promote(study, store)  # before the total is checked: a queued promotion runs even after it
+        promote(study, store)  # before the total is checked: a queued promotion runs even after it
         raise_if_interrupted()
-        # Past the total, a worker goes on for a queued retry, or for the promotion it queued
-        # itself: another worker's promotion is that worker's to run (were both to go on, the one
-        # that found the queue empty would sample a configuration beyond the total).
-        if ((counted >= trials and promoted is None and not _waiting_to_run(record))
+        # Past the total, every worker goes on while trials wait; one that finds the queue emptied
+        # by another meanwhile samples a trial that the objective refuses (beyond_total).
+        if ((counted >= trials and not _trials_left(record, trials))
                 or len(failed_before_training) >= MAX_FAILURES_BEFORE_TRAINING):
             study.stop()
 

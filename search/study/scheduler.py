@@ -11,10 +11,13 @@ of that configuration trains with. Its scores are those the paused trial would h
 it never stopped. The continuation does not count towards the study's total of trials: the total
 counts configurations.
 
-Highest rungs are promoted first, best value first. Workers sharing a study claim a promotion by
-creating a marker file beside the checkpoints (``os.O_EXCL``: one wins), so a paused trial is
-continued once; a trial whose checkpoint is not on this machine's checkpoint folder is not
-promoted here (workers on several machines share promotions only through a shared folder).
+Highest rungs are promoted first, best value first. A worker promoting (or evicting, below) a
+paused trial holds a marker file beside the checkpoints while it updates the storage
+(``os.O_EXCL``: one worker wins), then checks that no continuation was queued meanwhile, so a
+paused trial is continued once and never loses its checkpoint to an eviction while promoted. A
+trial whose checkpoint is not in this machine's checkpoint folder is not promoted here; its
+continuation, queued elsewhere, may still be run here, from zero (with a note), unless the
+workers share the folder.
 
 Disk: the checkpoints of at most ``max_paused`` paused trials are kept (pruner option, 16 by
 default); beyond it, those least likely to be promoted (lowest rank at their rung, as a fraction
@@ -24,8 +27,9 @@ then holds at most ``max_paused`` + (running trials) checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -64,18 +68,38 @@ def next_promotion(study: optuna.Study, pruner: AshaPruner,
 def promote(study: optuna.Study, store: CheckpointStore | None) -> TrialRecord | None:
     """Enqueue the continuation of the paused trial to promote now, if any; returns the paused trial.
 
-    Nothing is promoted without checkpoints, or when another worker claimed the trial first.
+    Nothing is promoted without checkpoints, or when another worker promoted (or evicted) it first.
     """
     pruner = study.pruner
     if not isinstance(pruner, AshaPruner) or store is None:
         return None
-    paused = next_promotion(study, pruner, resumable=lambda t: _resumable_here(store, t))
-    if paused is None or not store.claim_promotion(paused.number):  # not claimed: another worker won
+    paused = next_promotion(study, pruner, resumable=lambda t: store.path(t.origin).is_file())
+    if paused is None:
         return None
-    study.enqueue_trial(paused.params, user_attrs=continuation_attrs(paused))
+    with _claimed(study, store, paused) as claimed:
+        if not claimed:
+            return None
+        study.enqueue_trial(paused.params, user_attrs=continuation_attrs(paused))
     logger.info("trial %d is promoted: it continues from its checkpoint at step %d", paused.number,
                 paused.paused_at + 1)
     return paused
+
+
+@contextlib.contextmanager
+def _claimed(study: optuna.Study, store: CheckpointStore, paused: TrialRecord) -> Iterator[bool]:
+    """Hold paused trial ``paused``'s claim while it is promoted or evicted; yields False when
+    another worker holds it, or has promoted the trial meanwhile (it then has a continuation).
+
+    The claim (a marker file, see ``CheckpointStore.claim``) lasts only while the storage is
+    updated: once a continuation is queued, the study itself says the trial was promoted.
+    """
+    if not store.claim(paused.number):
+        yield False
+        return
+    try:
+        yield paused.number in {t.number for t in StudyRecord.of(study).paused()}
+    finally:
+        store.release(paused.number)
 
 
 def to_evict(study: optuna.Study, pruner: AshaPruner, resumable: Callable[[TrialRecord], bool]) -> list[TrialRecord]:
@@ -96,22 +120,18 @@ def to_evict(study: optuna.Study, pruner: AshaPruner, resumable: Callable[[Trial
     return sorted(kept, key=lambda t: (-standing(t), t.number))[:excess]
 
 
-def keep_paused_within(study: optuna.Study, store: CheckpointStore | None) -> list[int]:
-    """Delete the checkpoints of the paused trials beyond the pruner's ``max_paused`` (:func:`to_evict`);
-    returns their trial numbers."""
+def keep_paused_within(study: optuna.Study, store: CheckpointStore | None) -> None:
+    """Delete the checkpoints of the paused trials beyond the pruner's ``max_paused`` (:func:`to_evict`)."""
     pruner = study.pruner
     if not isinstance(pruner, AshaPruner) or store is None:
-        return []
-    evicted = to_evict(study, pruner, resumable=lambda t: _resumable_here(store, t))
-    for t in evicted:
-        store.remove(t.origin)
+        return
+    evicted = []
+    for t in to_evict(study, pruner, resumable=lambda t: store.path(t.origin).is_file()):
+        with _claimed(study, store, t) as claimed:  # not while a worker promotes it
+            if claimed:
+                store.remove(t.origin)
+                evicted.append(t.number)
     if evicted:
         logger.info("paused trial%s %s: checkpoint%s deleted to keep %d paused (study.pruner.max_paused); "
-                    "stopped for good", "s" if len(evicted) > 1 else "", ", ".join(str(t.number) for t in evicted),
+                    "stopped for good", "s" if len(evicted) > 1 else "", ", ".join(map(str, evicted)),
                     "s" if len(evicted) > 1 else "", pruner.max_paused)
-    return [t.number for t in evicted]
-
-
-def _resumable_here(store: CheckpointStore, paused: TrialRecord) -> bool:
-    """Its checkpoint is in this worker's folder, and no worker has claimed its promotion."""
-    return store.path(paused.origin).is_file() and not store.is_claimed(paused.number)

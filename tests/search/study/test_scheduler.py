@@ -20,7 +20,7 @@ from maskopt.search.report import report
 from maskopt.search.space import Component, parse_space
 from maskopt.search.space.asha import AshaPruner, ranks_on, rung_steps
 from maskopt.search.study.checkpoints import CheckpointStore
-from maskopt.search.study.record import StudyRecord, TrialRecord, continuation_attrs
+from maskopt.search.study.record import StudyRecord, TrialRecord, continuation_attrs, pause_attrs
 from maskopt.search.study.replay import replay
 from maskopt.search.study import runner
 from maskopt.search.study.runner import run_search
@@ -97,10 +97,12 @@ def test_a_retried_continuation_resumes_from_the_paused_trials_checkpoint():
     assert [(t.continues, t.origin, t.counts) for t in records] == [(None, 0, True), (0, 0, False), (0, 0, False)]
 
 
-def test_a_promotion_is_claimed_by_one_worker_only(tmp_path):
+def test_a_paused_trial_is_claimed_by_one_worker_at_a_time(tmp_path):
     first, second = CheckpointStore(tmp_path, "s"), CheckpointStore(tmp_path, "s")
-    assert first.claim_promotion(3) and not second.claim_promotion(3) and second.is_claimed(3)
+    assert first.claim(3) and not second.claim(3)
     assert first.sweep(keep=set()) == 0  # a claim is not a checkpoint file
+    first.release(3)
+    assert second.claim(3)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -182,10 +184,38 @@ def test_a_sampled_trial_beyond_the_total_is_not_run_nor_counted(demo_data, cach
     common = {"device": "cpu", "threads": 1, "quiet": True, "cache_dir": cache_dir, "heartbeat_interval": None,
               "checkpoints": False}
     run_search(space, trials=1, storage=url, **common)
-    monkeypatch.setattr(runner, "_trials_left", lambda record, trials: True)
+    real, calls = runner._trials_left, []
+
+    def room_at_first(record, trials):  # the run's first looks (promotions, then the first trial)
+        calls.append(1)
+        return len(calls) <= 2 or real(record, trials)
+
+    monkeypatch.setattr(runner, "_trials_left", room_at_first)
     result = run_search(space, trials=1, storage=url, **common)
     trials = StudyRecord.open(url, "race").trials()
     assert [(t.state, t.counts, t.beyond_total) for t in trials] == [
         (TrialState.COMPLETE, True, False), (TrialState.FAIL, False, True)]
     assert trials[1].epochs_trained is None and "already started the study's 1 trials" in trials[1].fail_reason
     assert result.counted_trials == 1 and result.failures == ()
+
+
+def test_a_promotion_queued_behind_other_queued_trials_runs_after_them():
+    # Optuna runs the oldest queued trial first: rows 6 and 7 (enqueued by `order`) before the
+    # promotion of row 1 queued when row 5 paused; each trial trains its own configuration.
+    run = replay(late_bloomer_table(), sampler=Component("random"), pruner=ASHA, order=range(8), trials=8)
+    assert [(t.row, t.continues) for t in run.trials] == [*((row, None) for row in range(8)), (BLOOMER, BLOOMER)]
+    assert run.trials[8].epochs == 5 and run.best_config == BLOOMER
+
+
+def test_a_queued_continuation_runs_even_past_the_total():
+    # A promotion, or the retry of an interrupted continuation, waits in the queue after the study
+    # reached its total: a rerun of the same command must still run it.
+    study = optuna.create_study(direction="maximize")
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=lr, value=0.5))
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.001}, distributions=lr, intermediate_values={0: 0.1},
+                                              state=TrialState.PRUNED, user_attrs=pause_attrs(0, 0)))
+    record = StudyRecord.of(study)
+    assert not runner._trials_left(record, 2)
+    study.enqueue_trial({"lr": 0.001}, user_attrs=continuation_attrs(record.trials()[1]))
+    assert record.counted == 2 and runner._trials_left(record, 2)
