@@ -70,8 +70,10 @@ class Objective:
     checkpoints: CheckpointStore | None = None
     device_share: record.DeviceShare | None = None
     total: int | None = None  # the study's total of trials (``--trials``), for workers that race to it
+    last_trial: int | None = None  # the number of the trial this worker ran last
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.last_trial = trial.number
         # First: a retry arrives carrying its dead original's "worker", and another worker's
         # recovery would fail this live trial as dead while that attribute stays.
         trial.set_user_attr(record.WORKER, this_worker())

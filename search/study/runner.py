@@ -308,12 +308,18 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
                                               gc_after_trial=True)
                     except ValueError:
                         lost = my_lost_trial(optuna_study)
-                        if lost is None:
-                            raise
-                        logger.warning("trial %d was failed by another worker while this one could not reach the "
-                                       "storage (its heartbeat stopped); it is re-run there, and nothing of it was "
-                                       "written", lost.number)
-                        continue
+                        if lost is not None:
+                            logger.warning("trial %d was failed by another worker while this one could not reach "
+                                           "the storage (its heartbeat stopped); it is re-run there, and nothing of "
+                                           "it was written", lost.number)
+                            continue
+                        if _finished_elsewhere(optuna_study, objective.last_trial):
+                            # SQLite has no row locks: two workers can both take one queued trial
+                            # (Optuna checks its state, then sets it); the first to finish records it.
+                            logger.warning("trial %d was also taken from the queue by another worker, which "
+                                           "recorded it first; its result there stands", objective.last_trial)
+                            continue
+                        raise
                 if len(failed_before_training) >= MAX_FAILURES_BEFORE_TRAINING:
                     last = failed_before_training[-1]
                     raise MaskoptError(
@@ -346,6 +352,15 @@ def _run_trials(opened: OpenedSearch, record: StudyRecord, trials: int, timeout:
             f"study {record.name!r} to {trials} trials{resumes}.") from e
     finally:
         trial_bar.close()
+
+
+def _finished_elsewhere(study: optuna.Study, number: int | None) -> bool:
+    """True when trial ``number``, which this worker ran and could not record, is recorded finished
+    (by another worker: both stamp it as theirs, so its ``worker`` attribute cannot tell)."""
+    if number is None:
+        return False
+    trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    return trial.state.is_finished()
 
 
 def _wait_for_running_trials(record: StudyRecord, trials: int, deadline: float | None) -> bool:
