@@ -346,6 +346,17 @@ def write_json(report: Report, *, cfg: Config, command: str, load_before: float,
 # --- shared inputs ------------------------------------------------------------------------------
 
 
+LITE0 = "tf_efficientnet_lite0"  # the demo's backbone, whose ImageNet weights `make demo` imports
+WEIGHTS = ROOT / "weights"
+
+
+def missing_lite0_weights() -> str | None:
+    """Why a benchmark that trains the pretrained Lite0 cannot run here, or None when it can."""
+    if (WEIGHTS / f"{LITE0}.safetensors").is_file():
+        return None
+    return f"no {WEIGHTS}/{LITE0}.safetensors: run `make demo` (or its `maskopt weights import` step)"
+
+
 def demo_data(cfg: Config, *, persons: int, size: int = 64, eval_persons: int = 2) -> Path:
     """A demo dataset in the competition layout, made once per run and size in the work folder."""
     from maskopt.search.data.demo import make_demo_data

@@ -36,7 +36,7 @@ from benchmarks import fashion
 NAME = "curves"
 TITLE = "recorded learning curves: a grid of pretrained configurations trained to the full budget"
 CURVES_DIR = Path(__file__).resolve().parent / "curves"
-LITE0 = "tf_efficientnet_lite0"
+LITE0 = B.LITE0
 
 GRID = {
     "lr": tuple(float(f"{v:.3g}") for v in np.geomspace(1e-4, 3e-2, 8)),
@@ -146,9 +146,9 @@ def record(cfg: B.Config, dataset: str, *, weights: Path, configurations: int | 
 
 def run(cfg: B.Config) -> B.Report:
     report = B.Report(NAME, TITLE)
-    weights = B.ROOT / "weights"
-    if not (weights / f"{LITE0}.safetensors").is_file():
-        report.skipped = f"no {weights}/{LITE0}.safetensors: run `make demo` (or its `maskopt weights import` step)"
+    weights = B.WEIGHTS
+    report.skipped = B.missing_lite0_weights()
+    if report.skipped:
         return report
     datasets = [cfg.dataset] if cfg.dataset else ["fashion", "demo"]
     if "fashion" in datasets and not fashion.available():

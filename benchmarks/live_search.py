@@ -51,7 +51,7 @@ import benchmarks as B
 NAME = "live"
 TITLE = "live search on the demo data: the default vs random search vs TPE + median, equal wall time"
 
-LITE0 = "tf_efficientnet_lite0"
+LITE0 = B.LITE0
 PERSONS, IMAGE_SIZE, FOLDS, EPOCHS = 40, 64, 2, 4  # the recorded demo table's (benchmarks/curves.py)
 DEFAULT, RANDOM, TPE_MEDIAN = "default", "random", "TPE + median"
 OPTUNA_MEDIAN = (("n_startup_trials", 5), ("n_warmup_steps", 0))  # MedianPruner()'s own defaults
@@ -173,9 +173,9 @@ def seconds_ratio(a: float, b: float) -> float:
 
 def run(cfg: B.Config) -> B.Report:
     report = B.Report(NAME, TITLE)
-    weights = B.ROOT / "weights"
-    if not (weights / f"{LITE0}.safetensors").is_file():
-        report.skipped = f"no {weights}/{LITE0}.safetensors: run `make demo` (or its `maskopt weights import` step)"
+    weights = B.WEIGHTS
+    report.skipped = B.missing_lite0_weights()
+    if report.skipped:
         return report
     budget = cfg.budget or (30.0 if cfg.quick else 200.0)
     seeds = [cfg.seed + i for i in range(cfg.seeds or (1 if cfg.quick else 3))]

@@ -313,7 +313,8 @@ class Objective:
         reports = steps.curve([d.f1 for d in done], histories)
         for step, value in reports:
             trial.report(value, step)
-        if not reports or reports[-1][0] >= steps.last or reports[-1][0] == record.promoted_at(trial):
+        continued = record.Continuation.of_running(trial)
+        if not reports or reports[-1][0] >= steps.last or (continued and reports[-1][0] == continued.step):
             return None
         return reports[-1][0]
 

@@ -58,7 +58,7 @@ FAILED_BEFORE_TRAINING = "failed_before_training"  # the sampler or the set-up f
 BEYOND_TOTAL = "beyond_total"
 LATENCY = "latency"  # CPU inference latency of the architecture at its image size (train/latency.py)
 PAUSED = "paused"  # {step, rung}: the asha pruner stopped it at a rung with its checkpoint kept (scheduler.py)
-CONTINUES = "continues"  # {trial, origin}: a promoted paused trial, continued from its checkpoint
+CONTINUES = "continues"  # Continuation: a promoted paused trial, continued from its checkpoint
 WARM_START = "warm_start"  # {study, trial}: the earlier study's trial whose configuration was enqueued (warm_start.py)
 
 # Optuna system attributes set by its retry of a trial whose worker died.
@@ -182,6 +182,31 @@ class DeviceShare:
 
 
 @dataclass(frozen=True)
+class Continuation:
+    """The paused trial a promoted trial continues from its checkpoint (see scheduler.py)."""
+
+    trial: int  # the paused trial
+    origin: int  # whose checkpoint file it is (the paused trial's own origin)
+    step: int | None  # the step it was paused at
+
+    def to_attr(self) -> dict[str, Any]:
+        return {"trial": self.trial, "origin": self.origin, "step": self.step}
+
+    @classmethod
+    def read(cls, value) -> Continuation | None:
+        """The record of a stored ``to_attr()``, or None when missing or malformed."""
+        if not isinstance(value, dict):
+            return None
+        trial, origin = _count(value.get("trial")), _count(value.get("origin"))
+        return None if trial is None or origin is None else cls(trial, origin, _count(value.get("step")))
+
+    @classmethod
+    def of_running(cls, trial: optuna.Trial) -> Continuation | None:
+        """A running trial's continuation, or None when it is not a promotion."""
+        return cls.read(trial.study._storage.get_trial_user_attrs(trial._trial_id).get(CONTINUES))
+
+
+@dataclass(frozen=True)
 class WarmStartOrigin:
     """The trial of an earlier study whose configuration a warm start queued (see warm_start.py)."""
 
@@ -245,8 +270,8 @@ class TrialRecord:
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
         a, s = trial.user_attrs, trial.system_attrs
-        continued = _continuation(a.get(CONTINUES))
-        origin = continued[1] if continued else _count(s.get(RETRIED_FROM))
+        continued = Continuation.read(a.get(CONTINUES))
+        origin = continued.origin if continued else _count(s.get(RETRIED_FROM))
         paused = a.get(PAUSED)
         return cls(
             # The first value is macro F1 in every maskopt study, one objective or several.
@@ -270,7 +295,7 @@ class TrialRecord:
             device_share=DeviceShare.read(a.get(DEVICE_SHARE)),
             paused_at=_count(paused.get("step")) if isinstance(paused, dict) and trial.state == TrialState.PRUNED
             else None,
-            continues=continued[0] if continued else None,
+            continues=continued.trial if continued else None,
             warm_start=WarmStartOrigin.read(a.get(WARM_START)),
         )
 
@@ -301,35 +326,21 @@ class TrialRecord:
 def origin_of(trial: optuna.Trial) -> int:
     """The trial whose checkpoint a running trial continues: the paused trial's origin for a
     promotion, the first trial of the retry chain for a retry (its worker died), else its own number."""
-    storage = trial.study._storage
-    continued = _continuation(storage.get_trial_user_attrs(trial._trial_id).get(CONTINUES))
+    continued = Continuation.of_running(trial)
     if continued:
-        return continued[1]
-    return storage.get_trial_system_attrs(trial._trial_id).get(RETRIED_FROM, trial.number)
-
-
-def promoted_at(trial: optuna.Trial) -> int | None:
-    """The step at which the paused trial that a running trial continues was paused, or None."""
-    value = trial.study._storage.get_trial_user_attrs(trial._trial_id).get(CONTINUES)
-    return _count(value.get("step")) if _continuation(value) else None
+        return continued.origin
+    return trial.study._storage.get_trial_system_attrs(trial._trial_id).get(RETRIED_FROM, trial.number)
 
 
 def continuation_attrs(paused: TrialRecord) -> dict[str, Any]:
     """The user attributes of the trial that continues ``paused`` from its checkpoint."""
-    return {CONTINUES: {"trial": paused.number, "origin": paused.origin, "step": paused.paused_at}}
+    return {CONTINUES: Continuation(paused.number, paused.origin, paused.paused_at).to_attr()}
 
 
 def pause_attrs(step: int, rung: int) -> dict[str, Any]:
     """The user attributes of a trial paused at rung ``rung`` (step ``step``), its checkpoint kept."""
     return {PAUSED: {"step": step, "rung": rung}}
 
-
-def _continuation(value) -> tuple[int, int] | None:
-    """(paused trial, its origin) of a ``continues`` attribute, or None when missing or malformed."""
-    if not isinstance(value, dict):
-        return None
-    trial, origin = _count(value.get("trial")), _count(value.get("origin"))
-    return None if trial is None or origin is None else (trial, origin)
 
 
 @dataclass(frozen=True)
